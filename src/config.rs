@@ -1,0 +1,311 @@
+//! Validated configuration of one job: which branch of which repository is
+//! tested with which script, and where the results go.
+//!
+//! Everything here is checked before any repository is touched, so that a
+//! configuration mistake is one clear line and a non-zero exit.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::git::{is_valid_branch_name, is_valid_full_refname};
+use crate::state::State;
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The branch name is not one git would accept.
+    #[error("invalid branch name {0:?}: not a valid git branch name")]
+    BranchName(String),
+    /// The branch name starts with `-` and could be read as an option.
+    #[error("invalid branch name {0:?}: must not start with '-'")]
+    BranchLeadingDash(String),
+    /// The notes namespace would not form valid ref names.
+    #[error("invalid notes namespace {0:?}: refs/notes/{0}.locked is not a valid ref name")]
+    NotesNamespace(String),
+    /// A repository URL is empty or looks like an option.
+    #[error("invalid repository {0:?}: {1}")]
+    Repository(String, &'static str),
+    /// An empty test script path.
+    #[error("invalid test script: empty path")]
+    EmptyScript,
+}
+
+/// A branch name that git accepts and that cannot be mistaken for an option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchName(String);
+
+impl BranchName {
+    /// Validates `name` as `git check-ref-format --branch` would.
+    pub fn new(name: &str) -> Result<Self, ConfigError> {
+        if name.starts_with('-') {
+            return Err(ConfigError::BranchLeadingDash(name.to_owned()));
+        }
+        if !is_valid_branch_name(name) {
+            return Err(ConfigError::BranchName(name.to_owned()));
+        }
+        Ok(BranchName(name.to_owned()))
+    }
+
+    /// The short name, e.g. `main`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `refs/heads/<name>`.
+    pub fn full_ref(&self) -> String {
+        format!("refs/heads/{}", self.0)
+    }
+}
+
+impl fmt::Display for BranchName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The notes namespace: every note ref is `refs/notes/<namespace>.<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotesNamespace(String);
+
+impl NotesNamespace {
+    /// Validates that the namespace forms valid ref names.
+    pub fn new(namespace: &str) -> Result<Self, ConfigError> {
+        let valid = !namespace.is_empty()
+            && !namespace.starts_with('-')
+            && is_valid_full_refname(&format!("refs/notes/{namespace}.locked"));
+        if valid {
+            Ok(NotesNamespace(namespace.to_owned()))
+        } else {
+            Err(ConfigError::NotesNamespace(namespace.to_owned()))
+        }
+    }
+
+    /// The prefix as given, e.g. `icyci`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `refs/notes/<namespace>.<name>`.
+    pub fn note_ref(&self, name: &str) -> String {
+        format!("refs/notes/{}.{}", self.0, name)
+    }
+
+    /// Refspec that mirrors all of this namespace's note refs from a remote.
+    pub fn fetch_refspec(&self) -> String {
+        format!("+refs/notes/{0}.*:refs/notes/{0}.*", self.0)
+    }
+}
+
+/// A repository location as given by the user: any URL or path git accepts.
+/// Displaying it masks a password or token in the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RepoUrl(String);
+
+impl RepoUrl {
+    /// Accepts anything non-empty that cannot be read as an option.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        if url.is_empty() {
+            return Err(ConfigError::Repository(url.to_owned(), "empty"));
+        }
+        if url.starts_with('-') {
+            return Err(ConfigError::Repository(
+                mask_credentials(url).into_owned(),
+                "must not start with '-'",
+            ));
+        }
+        Ok(RepoUrl(url.to_owned()))
+    }
+
+    /// The URL exactly as given, for git's command line only.
+    pub fn as_git_arg(&self) -> &str {
+        &self.0
+    }
+
+    /// True when both name the same repository. Local paths are compared
+    /// after resolving them; URLs as written.
+    pub fn same_repository(&self, other: &RepoUrl) -> bool {
+        match (self.local_path(), other.local_path()) {
+            (Some(a), Some(b)) => match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            },
+            _ => self.0.trim_end_matches('/') == other.0.trim_end_matches('/'),
+        }
+    }
+
+    fn local_path(&self) -> Option<&Path> {
+        if let Some(path) = self.0.strip_prefix("file://") {
+            return Some(Path::new(path));
+        }
+        let looks_remote = self.0.contains("://") || self.0.split('/').next()?.contains(':');
+        (!looks_remote).then(|| Path::new(&self.0))
+    }
+}
+
+impl fmt::Display for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&mask_credentials(&self.0))
+    }
+}
+
+impl fmt::Debug for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RepoUrl({self})")
+    }
+}
+
+/// Replaces the password part of every `scheme://user:password@host` in
+/// `text` with `***`, leaving the user name so an operator can tell which
+/// account was used.
+pub fn mask_credentials(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") {
+        return Cow::Borrowed(text);
+    }
+    let mut masked = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (head, tail) = rest.split_at(start + 3);
+        masked.push_str(head);
+        let authority_end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _secret)) => {
+                        masked.push_str(user);
+                        masked.push_str(":***");
+                    }
+                    None => masked.push_str(userinfo),
+                }
+                masked.push_str(&authority[at..]);
+            }
+            None => masked.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    masked.push_str(rest);
+    Cow::Owned(masked)
+}
+
+/// Per-state time limits; `None` means no limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The await-command limit, which ends the script and records a failure.
+    pub await_command: Option<Duration>,
+    enabled: bool,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            await_command: State::AwaitCommand.default_timeout(),
+            enabled: true,
+        }
+    }
+}
+
+impl Timeouts {
+    /// No state has a time limit.
+    pub fn disabled() -> Self {
+        Timeouts {
+            await_command: None,
+            enabled: false,
+        }
+    }
+
+    /// The limit for `state`.
+    pub fn for_state(&self, state: State) -> Option<Duration> {
+        match state {
+            _ if !self.enabled => None,
+            State::AwaitCommand => self.await_command,
+            other => other.default_timeout(),
+        }
+    }
+}
+
+/// Everything one daemon job needs, validated.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// Repository under test.
+    pub source: RepoUrl,
+    /// Branch followed.
+    pub branch: BranchName,
+    /// Script path as given (relative to the checkout, or absolute); `None`
+    /// for mirror mode.
+    pub test_script: Option<String>,
+    /// Where notes and optionally the source are pushed.
+    pub results: RepoUrl,
+    /// Also push the tested commit and verified tag to the results.
+    pub push_source_to_results: bool,
+    /// Wait between fetches while idle.
+    pub poll_interval: Duration,
+    /// Notes namespace.
+    pub notes_ns: NotesNamespace,
+    /// State time limits.
+    pub timeouts: Timeouts,
+    /// Passed to the first clone as `--reference`.
+    pub source_reference: Option<String>,
+    /// Test the current tip once and exit.
+    pub once: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_in_urls() {
+        assert_eq!(
+            mask_credentials("https://user:s3cret@example.org/repo.git"),
+            "https://user:***@example.org/repo.git"
+        );
+        assert_eq!(
+            mask_credentials("git fetch https://a:b@h/x and ssh://git@h/y"),
+            "git fetch https://a:***@h/x and ssh://git@h/y"
+        );
+        assert_eq!(mask_credentials("/srv/git/repo"), "/srv/git/repo");
+        assert_eq!(
+            mask_credentials("https://u:p@ss@host/x"),
+            "https://u:***@host/x",
+            "the last @ ends the user information"
+        );
+    }
+
+    #[test]
+    fn repo_url_display_masks() {
+        let url = RepoUrl::new("https://bot:tok@example.org/r").expect("valid url");
+        assert_eq!(url.to_string(), "https://bot:***@example.org/r");
+        assert_eq!(url.as_git_arg(), "https://bot:tok@example.org/r");
+        assert!(RepoUrl::new("-upload-pack=x").is_err());
+    }
+
+    #[test]
+    fn same_repository_compares_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = RepoUrl::new(dir.path().to_str().expect("utf-8")).expect("valid");
+        let file = RepoUrl::new(&format!("file://{}/", dir.path().display())).expect("valid");
+        assert!(plain.same_repository(&file));
+        let other = RepoUrl::new("git://127.0.0.1/x").expect("valid");
+        assert!(!plain.same_repository(&other));
+    }
+
+    #[test]
+    fn namespaces() {
+        assert!(NotesNamespace::new("icyci-aarch64").is_ok());
+        assert!(NotesNamespace::new("").is_err());
+        assert!(NotesNamespace::new("a b").is_err());
+        assert!(NotesNamespace::new("x*").is_err());
+        let ns = NotesNamespace::new("icyci").expect("valid");
+        assert_eq!(
+            ns.note_ref("result.passed"),
+            "refs/notes/icyci.result.passed"
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! Every git invocation of the daemon goes through [`GitCommand`].
+//!
+//! Git is driven through its command line so that the user's ssh config,
+//! credential helpers, `url.<base>.insteadOf`, `gpg.format` and keyrings apply
+//! exactly as they do in a shell. This module is the one place that decides
+//! how git children are started: no shell, no terminal, no editor, no pager,
+//! user-supplied values after `--`, and command lines logged with credentials
+//! masked.
+
+mod parse;
+mod refname;
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
+
+pub use parse::{parse_push_porcelain, parse_tags_at, PushStatus, PushedRef, TagAtTip};
+pub use refname::{is_valid_branch_name, is_valid_full_refname};
+
+use crate::config::mask_credentials;
+
+/// A failure to run git or a git command that did not succeed.
+#[derive(Debug, Error)]
+pub enum GitError {
+    /// The git program could not be started at all.
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command line, credentials masked.
+        command: String,
+        /// Why the operating system refused.
+        source: std::io::Error,
+    },
+    /// Git ran and exited unsuccessfully.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line, credentials masked.
+        command: String,
+        /// Exit status as text.
+        status: String,
+        /// Git's standard error, trimmed and credentials masked.
+        stderr: String,
+    },
+}
+
+impl GitError {
+    /// Git's standard error, if git ran.
+    pub fn stderr(&self) -> &str {
+        match self {
+            GitError::Failed { stderr, .. } => stderr,
+            GitError::Spawn { .. } => "",
+        }
+    }
+}
+
+/// The captured result of a git command that ran.
+#[derive(Debug)]
+pub struct GitOutput {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output, unmodified.
+    pub stdout: Vec<u8>,
+    /// Standard error, lossily decoded and trimmed.
+    pub stderr: String,
+    command: String,
+}
+
+impl GitOutput {
+    /// Standard output as trimmed text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).trim().to_owned()
+    }
+
+    /// Converts an unsuccessful status into [`GitError::Failed`].
+    pub fn into_result(self) -> Result<GitOutput, GitError> {
+        if self.status.success() {
+            Ok(self)
+        } else {
+            Err(GitError::Failed {
+                command: self.command,
+                status: describe_status(self.status),
+                stderr: mask_credentials(&self.stderr).into_owned(),
+            })
+        }
+    }
+}
+
+/// Git run in one repository (its working directory).
+#[derive(Debug, Clone)]
+pub struct Git {
+    dir: PathBuf,
+}
+
+impl Git {
+    /// Git acting on the repository at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Git { dir: dir.into() }
+    }
+
+    /// The repository directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts building a command `git <subcommand> ...`.
+    pub fn command(&self, subcommand: &str) -> GitCommand {
+        GitCommand {
+            dir: self.dir.clone(),
+            args: vec![subcommand.into()],
+            stdin: None,
+        }
+    }
+}
+
+/// A git command line under construction.
+#[derive(Debug)]
+pub struct GitCommand {
+    dir: PathBuf,
+    args: Vec<OsString>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl GitCommand {
+    /// Adds an option or a value that the caller knows is not user-supplied.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds several options.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Adds `--` and then positional arguments, so that none of them can be
+    /// read as an option even if it starts with `-`.
+    pub fn positional<I, S>(self, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.arg("--").args(values)
+    }
+
+    /// Feeds `input` to the command's standard input (otherwise it is closed).
+    pub fn stdin(mut self, input: Vec<u8>) -> Self {
+        self.stdin = Some(input);
+        self
+    }
+
+    /// The command line as it may appear in logs.
+    pub fn display(&self) -> String {
+        let words: Vec<_> = self.args.iter().map(|a| a.to_string_lossy()).collect();
+        mask_credentials(&format!("git {}", words.join(" "))).into_owned()
+    }
+
+    /// Runs the command and returns its output whatever the exit status.
+    pub async fn output(self) -> Result<GitOutput, GitError> {
+        let command = self.display();
+        let mut child = self.spawn().map_err(|source| GitError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        if let Some(input) = self.stdin {
+            if let Some(mut pipe) = child.stdin.take() {
+                // A git that exits early closes its end; its status says why.
+                let _ = pipe.write_all(&input).await;
+            }
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|source| GitError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        debug!(target: "icyci::git", command = %command, status = %describe_status(output.status));
+        if !stderr.is_empty() {
+            debug!(target: "icyci::git", "git stderr: {}", mask_credentials(&stderr));
+        }
+        Ok(GitOutput {
+            status: output.status,
+            stdout: output.stdout,
+            stderr,
+            command,
+        })
+    }
+
+    /// Runs the command and requires success; returns trimmed stdout.
+    pub async fn run(self) -> Result<String, GitError> {
+        Ok(self.output().await?.into_result()?.stdout_text())
+    }
+
+    fn spawn(&self) -> std::io::Result<tokio::process::Child> {
+        let mut command = tokio::process::Command::new("git");
+        command
+            .arg("-C")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in CHILD_ENVIRONMENT {
+            command.env(key, value);
+        }
+        for key in REPOSITORY_LOCATION_VARIABLES {
+            command.env_remove(key);
+        }
+        // A git child must never wait for a human. Without a controlling
+        // terminal, ssh and credential helpers cannot prompt on /dev/tty, and
+        // the daemon's own SIGINT handling decides when children stop.
+        // SAFETY: setsid() is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command.spawn()
+    }
+}
+
+/// Settings forced on every git child.
+const CHILD_ENVIRONMENT: [(&str, &str); 6] = [
+    // Notes are added with -C, but an editor must never open whatever git
+    // version decides otherwise; `true` accepts the text as it is.
+    ("GIT_EDITOR", "true"),
+    ("GIT_PAGER", "cat"),
+    // No username/password prompts: fail and let the retry logic report it.
+    ("GIT_TERMINAL_PROMPT", "0"),
+    ("GIT_ASKPASS", "/bin/false"),
+    // Error texts such as "couldn't find remote ref" are matched below.
+    ("LC_ALL", "C"),
+    ("LANGUAGE", "C"),
+];
+
+/// Inherited variables that would point git at another repository than the
+/// one given with `-C` (as set, for instance, when icyci runs from a hook).
+const REPOSITORY_LOCATION_VARIABLES: [&str; 6] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+];
+
+/// Describes an exit status the way an operator expects to read it.
+pub fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("signal: {}", signal_name(signal)),
+        (None, None) => "unknown status".to_owned(),
+    }
+}
+
+/// Go's wording for the signals a test run commonly dies of.
+pub fn signal_name(signal: i32) -> String {
+    use nix::sys::signal::Signal;
+    match Signal::try_from(signal) {
+        Ok(Signal::SIGKILL) => "killed".into(),
+        Ok(Signal::SIGTERM) => "terminated".into(),
+        Ok(Signal::SIGINT) => "interrupt".into(),
+        Ok(Signal::SIGHUP) => "hangup".into(),
+        Ok(Signal::SIGSEGV) => "segmentation fault".into(),
+        Ok(Signal::SIGABRT) => "aborted".into(),
+        Ok(Signal::SIGPIPE) => "broken pipe".into(),
+        Ok(other) => other.as_str().to_owned(),
+        Err(_) => format!("signal {signal}"),
+    }
+}

@@ -1,0 +1,28 @@
+//! icyci follows one branch of a git repository and tests every new tip
+//! whose signature verifies. It claims the commit with a lock note in a
+//! results repository (so that cooperating instances test each commit once
+//! per namespace), runs the test script in a checkout, and publishes the
+//! script's output and verdict as git notes in that repository.
+//!
+//! The cycle is a state machine ([`machine`]) over a handful of concerns:
+//! validated configuration ([`cli`], [`config`]), git invocations
+//! ([`git`]), signature checks ([`verify`]), the notes store and lock
+//! ([`notes`], [`publish`], [`notes_dir`]) and the script runner
+//! ([`runner`]), all inside a temporary [`workspace`].
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod duration;
+pub mod git;
+pub mod machine;
+pub mod notes;
+pub mod notes_dir;
+pub mod publish;
+pub mod retry;
+pub mod runner;
+pub mod state;
+pub mod verify;
+pub mod workspace;

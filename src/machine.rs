@@ -1,0 +1,601 @@
+//! The job's state machine: one handler per state of the cycle, run one at
+//! a time under the state's time limit, with signals watched throughout.
+//!
+//! ```text
+//! clone -> verify -> lock -> start-command -> await-command -> push -> cleanup -> poll
+//!            ^  not verified / lock lost  -> poll                                 |
+//!            +--------------------------- new tip --------------------------------+
+//! ```
+//!
+//! A job owns everything it works on (workspace, clone, lock, running
+//! script), so several jobs can later run side by side in one process, each
+//! driven by its own [`Job::run`] task. Failures never end the job: each
+//! state's error sends it back to a safe state after a capped backoff, and
+//! what it already owns (a lock, results not yet pushed) is kept and retried
+//! rather than dropped.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::JobConfig;
+use crate::duration::format_duration;
+use crate::git::{Git, GitError};
+use crate::notes::{LockOutcome, NotesError, NotesStore, RESULTS_REMOTE};
+use crate::notes_dir::collect_extra_notes;
+use crate::publish::{publish, BranchUpdate, Publication, StagedNote};
+use crate::retry::Backoff;
+use crate::runner::{self, ScriptOutcome, ScriptRun, ScriptSpec};
+use crate::state::State;
+use crate::verify::{verify_tip, Verification, VerifiedTip};
+use crate::workspace::Workspace;
+
+/// Result of `-once`, which is also its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnceResult {
+    /// The script passed (or mirror mode pushed).
+    Passed = 0,
+    /// The script failed.
+    Failed = 1,
+    /// Unsigned tip or already locked.
+    NothingToDo = 3,
+    /// The cycle could not be completed (remote unreachable, ...).
+    Error = 4,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobExit {
+    /// Stopped by SIGTERM or SIGINT.
+    Stopped,
+    /// `-once` finished.
+    Once(OnceResult),
+}
+
+/// A failure inside one state.
+#[derive(Debug, Error)]
+enum StepError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Notes(#[from] NotesError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("state {state} timed out after {}", format_duration(*limit))]
+    Timeout { state: State, limit: Duration },
+}
+
+/// A commit this job holds the lock on.
+#[derive(Debug, Clone)]
+struct Claim {
+    tip: VerifiedTip,
+    branch: Option<BranchUpdate>,
+}
+
+/// A state together with the data it works on.
+#[derive(Debug)]
+enum Step {
+    Clone {
+        delay: Duration,
+    },
+    Poll {
+        wait: Duration,
+    },
+    Verify {
+        tip: String,
+    },
+    Lock {
+        tip: VerifiedTip,
+    },
+    StartCommand {
+        claim: Claim,
+    },
+    AwaitCommand {
+        claim: Claim,
+    },
+    Push,
+    Cleanup {
+        once: Option<OnceResult>,
+        then_wait: Duration,
+    },
+    Exit(OnceResult),
+}
+
+impl Step {
+    fn state(&self) -> State {
+        match self {
+            Step::Clone { .. } => State::Clone,
+            Step::Poll { .. } | Step::Exit(_) => State::Poll,
+            Step::Verify { .. } => State::Verify,
+            Step::Lock { .. } => State::Lock,
+            Step::StartCommand { .. } => State::StartCommand,
+            Step::AwaitCommand { .. } => State::AwaitCommand,
+            Step::Push => State::Push,
+            Step::Cleanup { .. } => State::Cleanup,
+        }
+    }
+
+    fn commit(&self) -> Option<&str> {
+        match self {
+            Step::Verify { tip } => Some(tip),
+            Step::Lock { tip } => Some(&tip.commit),
+            Step::StartCommand { claim } | Step::AwaitCommand { claim } => Some(&claim.tip.commit),
+            _ => None,
+        }
+    }
+}
+
+/// One followed branch: its configuration and everything its cycle owns.
+pub struct Job {
+    config: JobConfig,
+    workspace: Workspace,
+    source: Git,
+    store: NotesStore,
+    same_repository: bool,
+    /// The last tip that needs nothing more (tested, lost, or unverified).
+    last_handled: Option<String>,
+    /// Locked by us and not yet staged: retried, never abandoned.
+    held: Option<Claim>,
+    /// Staged results not yet pushed.
+    pending: Option<Publication>,
+    running: Option<ScriptRun>,
+    checked_out: bool,
+    consecutive_failures: u32,
+    backoff: Backoff,
+}
+
+impl Job {
+    /// A job working in `workspace`.
+    pub fn new(config: JobConfig, workspace: Workspace) -> Self {
+        let source = Git::new(workspace.source_dir());
+        let store = NotesStore::new(source.clone(), config.notes_ns.clone());
+        let same_repository = config.source.same_repository(&config.results);
+        Job {
+            config,
+            workspace,
+            source,
+            store,
+            same_repository,
+            last_handled: None,
+            held: None,
+            pending: None,
+            running: None,
+            checked_out: false,
+            consecutive_failures: 0,
+            backoff: failure_backoff(),
+        }
+    }
+
+    /// Runs the cycle until `shutdown` fires or, with `-once`, one cycle
+    /// is done. SIGUSR1 notifications arrive on `usr1`.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        mut usr1: broadcast::Receiver<()>,
+    ) -> JobExit {
+        info!(
+            source = %self.config.source,
+            branch = %self.config.branch,
+            results = %self.config.results,
+            namespace = self.config.notes_ns.as_str(),
+            "job starting"
+        );
+        let mut step = Step::Clone {
+            delay: Duration::ZERO,
+        };
+        loop {
+            if let Step::Exit(result) = step {
+                info!(
+                    "cycle done with -once; exiting with status {}",
+                    result as u8
+                );
+                return JobExit::Once(result);
+            }
+            let state = step.state();
+            let limit = match state {
+                // The script's own limit is applied by the runner, because
+                // reaching it is a test failure, not an error of the job.
+                State::AwaitCommand => None,
+                other => self.config.timeouts.for_state(other),
+            };
+
+            let outcome = {
+                let handler = self.handle(step);
+                tokio::pin!(handler);
+                let deadline = sleep_or_forever(limit);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        result = &mut handler => break Some(result),
+                        () = &mut deadline => break Some(Err(StepError::Timeout {
+                            state,
+                            limit: limit.expect("a deadline fires only with a limit"),
+                        })),
+                        () = shutdown.cancelled() => break None,
+                        Ok(()) = usr1.recv() => {
+                            info!(state = %state, "SIGUSR1 received; the cycle continues");
+                        }
+                    }
+                }
+            };
+            let Some(result) = outcome else {
+                self.stop().await;
+                return JobExit::Stopped;
+            };
+
+            let next = match result {
+                Ok(next) => next,
+                Err(err) => self.recover(state, err),
+            };
+            if next.state() != state && !matches!(next, Step::Exit(_)) {
+                match next.commit() {
+                    Some(commit) => info!(commit = %commit, "state {state} -> {}", next.state()),
+                    None => info!("state {state} -> {}", next.state()),
+                }
+            }
+            step = next;
+        }
+    }
+
+    async fn handle(&mut self, step: Step) -> Result<Step, StepError> {
+        match step {
+            Step::Clone { delay } => self.clone_source(delay).await,
+            Step::Poll { wait } => self.poll(wait).await,
+            Step::Verify { tip } => self.verify(tip).await,
+            Step::Lock { tip } => self.lock(tip).await,
+            Step::StartCommand { claim } => self.start_command(claim).await,
+            Step::AwaitCommand { claim } => self.await_command(claim).await,
+            Step::Push => self.push().await,
+            Step::Cleanup { once, then_wait } => self.cleanup(once, then_wait).await,
+            Step::Exit(result) => Ok(Step::Exit(result)),
+        }
+    }
+
+    /// Chooses where to go after a failed state.
+    fn recover(&mut self, state: State, err: StepError) -> Step {
+        self.consecutive_failures += 1;
+        let attempt = self.consecutive_failures;
+        let delay = self.backoff.next_delay();
+        if self.config.once && (state != State::Clone || attempt >= ONCE_CLONE_ATTEMPTS) {
+            error!("{state} failed: {err}; giving up (-once)");
+            return Step::Exit(OnceResult::Error);
+        }
+        warn!(attempt, retry_in = ?delay, "{state} failed: {err}");
+        match state {
+            State::Clone => Step::Clone { delay },
+            State::Poll => Step::Poll { wait: delay },
+            _ => Step::Cleanup {
+                once: None,
+                then_wait: delay,
+            },
+        }
+    }
+
+    async fn clone_source(&mut self, delay: Duration) -> Result<Step, StepError> {
+        tokio::time::sleep(delay).await;
+        let target = self.workspace.source_dir();
+        // A failed attempt may leave a partial clone behind.
+        if target.exists() {
+            tokio::fs::remove_dir_all(&target).await?;
+        }
+        let mut clone = Git::new(self.workspace.root())
+            .command("clone")
+            .args(["--quiet", "--no-checkout", "--single-branch"])
+            .arg(format!("--branch={}", self.config.branch));
+        if let Some(reference) = &self.config.source_reference {
+            clone = clone.arg(format!("--reference={reference}"));
+        }
+        clone
+            .positional([
+                OsStr::new(self.config.source.as_git_arg()),
+                target.as_os_str(),
+            ])
+            .run()
+            .await?;
+        self.source
+            .command("remote")
+            .arg("add")
+            .positional([RESULTS_REMOTE, self.config.results.as_git_arg()])
+            .run()
+            .await?;
+
+        let tip = self.source_tip().await?;
+        self.consecutive_failures = 0;
+        self.backoff = failure_backoff();
+        Ok(Step::Verify { tip })
+    }
+
+    async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {
+        tokio::time::sleep(wait).await;
+        if self.pending.is_some() {
+            return Ok(Step::Push);
+        }
+        if let Some(claim) = self.held.clone() {
+            return Ok(Step::StartCommand { claim });
+        }
+
+        self.source
+            .command("fetch")
+            .args(["--quiet", "origin"])
+            .run()
+            .await?;
+        let tip = self.source_tip().await?;
+        if self.consecutive_failures > 0 {
+            info!("fetching the source works again");
+            self.consecutive_failures = 0;
+            self.backoff = failure_backoff();
+        }
+        if self.last_handled.as_deref() == Some(tip.as_str()) {
+            return Ok(Step::Poll {
+                wait: self.config.poll_interval,
+            });
+        }
+        Ok(Step::Verify { tip })
+    }
+
+    async fn verify(&mut self, tip: String) -> Result<Step, StepError> {
+        match verify_tip(&self.source, &tip).await? {
+            Verification::Verified(verified) => {
+                info!(commit = %tip, "verified: {}", verified.describe());
+                Ok(Step::Lock { tip: verified })
+            }
+            Verification::NotVerified(reasons) => {
+                warn!(commit = %tip, "not testing: no valid signature ({})", reasons.join("; "));
+                Ok(self.nothing_to_do(tip))
+            }
+        }
+    }
+
+    async fn lock(&mut self, tip: VerifiedTip) -> Result<Step, StepError> {
+        if let Some(claim) = self.held.clone().filter(|c| c.tip.commit == tip.commit) {
+            return Ok(Step::StartCommand { claim });
+        }
+        let branch = if self.config.push_source_to_results && !self.same_repository {
+            let expected = self.store.remote_branch(&self.config.branch).await?;
+            Some(BranchUpdate {
+                branch: self.config.branch.clone(),
+                expected,
+            })
+        } else {
+            None
+        };
+
+        match self.store.lock(&tip.commit).await? {
+            LockOutcome::Taken => {
+                let claim = Claim { tip, branch };
+                self.held = Some(claim.clone());
+                Ok(Step::StartCommand { claim })
+            }
+            LockOutcome::AlreadyLocked => {
+                info!(
+                    commit = %tip.commit,
+                    "lock lost: already locked in {}, tested by another instance",
+                    self.config.notes_ns.note_ref("locked")
+                );
+                Ok(self.nothing_to_do(tip.commit))
+            }
+        }
+    }
+
+    fn nothing_to_do(&mut self, tip: String) -> Step {
+        self.last_handled = Some(tip);
+        if self.config.once {
+            Step::Exit(OnceResult::NothingToDo)
+        } else {
+            Step::Poll {
+                wait: self.config.poll_interval,
+            }
+        }
+    }
+
+    async fn start_command(&mut self, claim: Claim) -> Result<Step, StepError> {
+        self.workspace.reset_staging()?;
+        let Some(script) = self.config.test_script.clone() else {
+            self.stage(claim, None).await?;
+            return Ok(Step::Push);
+        };
+
+        self.checked_out = true;
+        self.source
+            .command("checkout")
+            .args(["--quiet", "--force", "--detach"])
+            .arg(&claim.tip.commit)
+            .arg("--")
+            .run()
+            .await?;
+        let notes_dir = self.workspace.prepare_notes_dir()?;
+        let (stdout_file, stderr_file) = self.output_files();
+        let spec = ScriptSpec {
+            script: &script,
+            checkout: &self.workspace.source_dir(),
+            notes_dir: &notes_dir,
+            stdout_file: &stdout_file,
+            stderr_file: &stderr_file,
+        };
+        match runner::start(&spec).await {
+            Ok(run) => {
+                self.running = Some(run);
+                Ok(Step::AwaitCommand { claim })
+            }
+            Err(reason) => {
+                warn!(commit = %claim.tip.commit, "script did not start: {reason}");
+                self.stage(claim, Some(ScriptOutcome::Failed(reason)))
+                    .await?;
+                Ok(Step::Push)
+            }
+        }
+    }
+
+    async fn await_command(&mut self, claim: Claim) -> Result<Step, StepError> {
+        let limit = self.config.timeouts.for_state(State::AwaitCommand);
+        let run = self
+            .running
+            .as_mut()
+            .expect("await-command follows a started script");
+        let outcome = run.wait(limit).await;
+        self.running = None;
+        match &outcome {
+            ScriptOutcome::Passed => info!(commit = %claim.tip.commit, "script passed"),
+            ScriptOutcome::Failed(reason) => {
+                info!(commit = %claim.tip.commit, "script failed: {reason}");
+            }
+        }
+        self.stage(claim, Some(outcome)).await?;
+        Ok(Step::Push)
+    }
+
+    /// Turns the run's files into a [`Publication`] held in `self.pending`.
+    /// `outcome` is `None` in mirror mode.
+    async fn stage(
+        &mut self,
+        claim: Claim,
+        outcome: Option<ScriptOutcome>,
+    ) -> Result<(), StepError> {
+        let ns = &self.config.notes_ns;
+        let script = self.config.test_script.as_deref().unwrap_or_default();
+        let (verdict_name, verdict_text) = match &outcome {
+            None => ("result.passed", "No -test-script specified\n".to_owned()),
+            Some(ScriptOutcome::Passed) => (
+                "result.passed",
+                format!("{script} completed successfully\n"),
+            ),
+            Some(ScriptOutcome::Failed(reason)) => (
+                "result.failed",
+                format!(
+                    "{script} failed: {reason}\nSee {} and {} for details\n",
+                    ns.note_ref("output.stdout"),
+                    ns.note_ref("output.stderr")
+                ),
+            ),
+        };
+        let private = self.workspace.private_dir();
+        let verdict_file = private.join("verdict");
+        tokio::fs::write(&verdict_file, verdict_text).await?;
+
+        let mut notes = Vec::new();
+        if outcome.is_some() {
+            let (stdout_file, stderr_file) = self.output_files();
+            for (name, file) in [
+                ("output.stdout", stdout_file),
+                ("output.stderr", stderr_file),
+            ] {
+                // A script that never started left no output files.
+                if !file.exists() {
+                    tokio::fs::write(&file, b"").await?;
+                }
+                notes.push(StagedNote {
+                    name: name.to_owned(),
+                    file,
+                });
+            }
+            let extras_dir = private.join("extras");
+            tokio::fs::create_dir_all(&extras_dir).await?;
+            let (notes_dir, namespace) = (self.workspace.notes_dir(), ns.clone());
+            let extras = tokio::task::spawn_blocking(move || {
+                collect_extra_notes(&notes_dir, &extras_dir, &namespace)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            notes.extend(extras.into_iter().map(|e| StagedNote {
+                name: e.name,
+                file: e.copy,
+            }));
+        }
+        notes.push(StagedNote {
+            name: verdict_name.to_owned(),
+            file: verdict_file,
+        });
+
+        let passed = !matches!(outcome, Some(ScriptOutcome::Failed(_)));
+        let publication = Publication::stage(
+            &self.source,
+            claim.tip,
+            notes,
+            claim.branch,
+            self.config.push_source_to_results && !self.same_repository,
+            passed,
+        )
+        .await?;
+        self.pending = Some(publication);
+        self.held = None;
+        Ok(())
+    }
+
+    async fn push(&mut self) -> Result<Step, StepError> {
+        let publication = self.pending.as_mut().expect("push follows staged results");
+        publish(&self.store, &self.source, publication).await?;
+        let publication = self.pending.take().expect("still staged");
+        self.last_handled = Some(publication.tip.commit.clone());
+        let once = if publication.passed {
+            OnceResult::Passed
+        } else {
+            OnceResult::Failed
+        };
+        Ok(Step::Cleanup {
+            once: Some(once),
+            then_wait: Duration::ZERO,
+        })
+    }
+
+    async fn cleanup(
+        &mut self,
+        once: Option<OnceResult>,
+        then_wait: Duration,
+    ) -> Result<Step, StepError> {
+        if self.checked_out {
+            // Untracked and ignored files of this run must not leak into the
+            // next; tracked files are reset by the next forced checkout.
+            self.source.command("clean").args(["-ffdxq"]).run().await?;
+        }
+        self.workspace.reset_staging()?;
+        match once {
+            Some(result) if self.config.once => Ok(Step::Exit(result)),
+            // After a test the tip may have moved meanwhile: look at once.
+            _ => Ok(Step::Poll { wait: then_wait }),
+        }
+    }
+
+    /// Shutdown: a running script's whole group is stopped and reaped.
+    async fn stop(&mut self) {
+        if let Some(run) = self.running.as_mut() {
+            info!("stopping the test script");
+            run.terminate().await;
+        }
+        self.running = None;
+        info!("job stopped");
+    }
+
+    async fn source_tip(&self) -> Result<String, GitError> {
+        let tracking = format!("refs/remotes/origin/{}^{{commit}}", self.config.branch);
+        self.source
+            .command("rev-parse")
+            .args(["--verify", "--quiet", "--end-of-options"])
+            .arg(tracking)
+            .run()
+            .await
+    }
+
+    fn output_files(&self) -> (PathBuf, PathBuf) {
+        let private = self.workspace.private_dir();
+        (private.join("stdout"), private.join("stderr"))
+    }
+}
+
+/// With `-once`, a clone is tried this many times before giving up.
+const ONCE_CLONE_ATTEMPTS: u32 = 5;
+
+fn failure_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(60))
+}
+
+async fn sleep_or_forever(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,115 @@
+//! The `icyci` binary: parse the command line, set up logging and signals,
+//! run the job, and map how it ended to an exit status.
+
+use std::process::ExitCode;
+
+use icyci::cli::{parse_args, usage, Invocation};
+use icyci::machine::{Job, JobExit};
+use icyci::workspace::Workspace;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Exit status of a usage error, as Go's `flag` package uses.
+const USAGE_EXIT: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("demo") {
+        return icyci::demo::main(&args[1..]);
+    }
+    match parse_args(args) {
+        Ok(Invocation::Help) => {
+            print!("{}", usage());
+            ExitCode::SUCCESS
+        }
+        Ok(Invocation::Version) => {
+            println!("icyCI {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Invocation::Run(config)) => run(*config),
+        Err(err) => {
+            eprintln!("icyci: {err}");
+            eprint!("{}", usage());
+            ExitCode::from(USAGE_EXIT)
+        }
+    }
+}
+
+fn run(config: icyci::config::JobConfig) -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let workspace = match Workspace::create() {
+            Ok(workspace) => workspace,
+            Err(err) => {
+                tracing::error!(
+                    "cannot create the workspace under {}: {err}",
+                    std::env::temp_dir().display()
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let (usr1_sender, usr1) = broadcast::channel(4);
+        if let Err(err) = watch_signals(shutdown.clone(), usr1_sender) {
+            tracing::error!("cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+        let exit = Job::new(config, workspace).run(shutdown, usr1).await;
+        match exit {
+            JobExit::Stopped => ExitCode::SUCCESS,
+            JobExit::Once(result) => ExitCode::from(result as u8),
+        }
+    })
+}
+
+/// SIGTERM and SIGINT stop every job; SIGUSR1 is passed on to them.
+fn watch_signals(
+    shutdown: CancellationToken,
+    usr1_sender: broadcast::Sender<()>,
+) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received; stopping");
+                    shutdown.cancel();
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received; stopping");
+                    shutdown.cancel();
+                }
+                _ = usr1.recv() => {
+                    let _ = usr1_sender.send(());
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Logs go to stderr (the journal under systemd); `ICYCI_LOG` takes a
+/// tracing filter such as `debug` or `icyci::git=debug`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ICYCI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

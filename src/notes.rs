@@ -1,0 +1,255 @@
+//! The results repository seen as a notes store: lock notes, result notes,
+//! and the fetch/add/push steps that keep the local note refs a faithful
+//! copy of the remote's before every change.
+//!
+//! A note ref is a commit history like a branch, so two instances adding
+//! notes concurrently race like two pushes to a branch. Every change here is
+//! made on top of freshly fetched refs and pushed without force; a rejected
+//! push means another instance got there first, and the caller fetches and
+//! tries again. Local note commits from a failed attempt are always discarded
+//! by the forced fetch, never pushed later.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::config::{BranchName, NotesNamespace};
+use crate::git::{parse_push_porcelain, Git, GitError, PushedRef};
+use crate::retry::Backoff;
+
+/// The git remote name under which the results repository is configured.
+pub const RESULTS_REMOTE: &str = "results";
+
+/// How many rounds of fetch, add and push the lock gets.
+const LOCK_ATTEMPTS: u32 = 10;
+
+/// A failure of the notes store that the caller may retry later.
+#[derive(Debug, Error)]
+pub enum NotesError {
+    /// A git command failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The lock could not be pushed in any attempt.
+    #[error("could not push the lock after {attempts} attempts; last error: {last}")]
+    LockAttempts {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+}
+
+/// The outcome of trying to claim a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// This instance holds the lock now.
+    Taken,
+    /// Another instance (or an earlier run) has locked the commit.
+    AlreadyLocked,
+}
+
+/// One round of the lock protocol.
+enum LockAttempt {
+    Done(LockOutcome),
+    /// Somebody pushed the lock ref meanwhile; fetch and try again.
+    Raced(String),
+}
+
+/// Note refs of one namespace in the local clone, mirrored to and from the
+/// results remote.
+#[derive(Debug, Clone)]
+pub struct NotesStore {
+    git: Git,
+    namespace: NotesNamespace,
+}
+
+impl NotesStore {
+    /// A store over the clone `git`, whose remote `results` is the results
+    /// repository.
+    pub fn new(git: Git, namespace: NotesNamespace) -> Self {
+        NotesStore { git, namespace }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &NotesNamespace {
+        &self.namespace
+    }
+
+    /// Makes the local note refs of the namespace equal to the remote's:
+    /// forced, and pruning local refs the remote does not have, so that no
+    /// note left from a failed attempt survives. A missing ref is fine.
+    pub async fn sync(&self) -> Result<(), GitError> {
+        self.git
+            .command("fetch")
+            .args([
+                "--prune",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--quiet",
+                RESULTS_REMOTE,
+            ])
+            .arg(self.namespace.fetch_refspec())
+            .run()
+            .await
+            .map(drop)
+    }
+
+    /// Claims `commit` with a lock note, retrying lost push races and
+    /// unreachable remotes a bounded number of times.
+    pub async fn lock(&self, commit: &str) -> Result<LockOutcome, NotesError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        let mut last = String::new();
+        for attempt in 1..=LOCK_ATTEMPTS {
+            let delay = match self.try_lock(commit).await {
+                Ok(LockAttempt::Done(outcome)) => return Ok(outcome),
+                Ok(LockAttempt::Raced(reason)) => {
+                    warn!(commit = %commit, attempt, "lock push rejected ({reason}); fetching and retrying");
+                    last = reason;
+                    Backoff::race_delay(attempt)
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(commit = %commit,
+                        attempt,
+                        retry_in = ?delay,
+                        "lock attempt failed: {err}"
+                    );
+                    last = err.to_string();
+                    delay
+                }
+            };
+            if attempt < LOCK_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Err(NotesError::LockAttempts {
+            attempts: LOCK_ATTEMPTS,
+            last,
+        })
+    }
+
+    async fn try_lock(&self, commit: &str) -> Result<LockAttempt, GitError> {
+        self.sync().await?;
+
+        let lock_ref = self.namespace.note_ref("locked");
+        // Adding a note without -f fails when one exists, which makes the
+        // note itself the lock: whoever pushes it first owns the commit.
+        let added = self
+            .git
+            .command("notes")
+            .arg(format!("--ref={lock_ref}"))
+            .args(["add", "-m", &lock_text()])
+            .positional([commit])
+            .output()
+            .await?;
+        if !added.status.success() {
+            if added.stderr.contains("existing notes") {
+                return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked));
+            }
+            return Err(added
+                .into_result()
+                .expect_err("status was checked as a failure"));
+        }
+
+        let pushed = self.push(&[format!("{lock_ref}:{lock_ref}")], None).await?;
+        match pushed.iter().find(|p| p.remote_ref == lock_ref) {
+            Some(PushedRef {
+                status: crate::git::PushStatus::Accepted,
+                ..
+            }) => {
+                info!(commit = %commit, "lock taken in {lock_ref}");
+                Ok(LockAttempt::Done(LockOutcome::Taken))
+            }
+            Some(other) => Ok(LockAttempt::Raced(format!("{:?}", other.status))),
+            None => Err(missing_push_status(&lock_ref)),
+        }
+    }
+
+    /// Adds (or replaces) the note `name` of `commit` with the blob `blob`,
+    /// byte for byte.
+    pub async fn add_blob_note(
+        &self,
+        commit: &str,
+        name: &str,
+        blob: &str,
+    ) -> Result<(), GitError> {
+        // -C takes the blob as it is: no whitespace clean-up, no editor.
+        // -f because a result note for a commit this instance holds the lock
+        // on may exist from an interrupted earlier run; the new run wins.
+        self.git
+            .command("notes")
+            .arg(format!("--ref={}", self.namespace.note_ref(name)))
+            .args(["add", "-f", "--allow-empty", "-C", blob])
+            .positional([commit])
+            .run()
+            .await
+            .map(drop)
+    }
+
+    /// Pushes `refspecs` to the results remote in one push, with an
+    /// optional `--force-with-lease=<ref>:<expected>`; returns the status of
+    /// every ref. A push that reached the remote but had refs refused is not
+    /// an error here: the caller decides per ref.
+    pub async fn push(
+        &self,
+        refspecs: &[String],
+        lease: Option<&str>,
+    ) -> Result<Vec<PushedRef>, GitError> {
+        let mut command = self
+            .git
+            .command("push")
+            .args(["--porcelain", "--no-verify"]);
+        if let Some(lease) = lease {
+            command = command.arg(format!("--force-with-lease={lease}"));
+        }
+        let output = command
+            .positional([RESULTS_REMOTE])
+            .args(refspecs)
+            .output()
+            .await?;
+        let statuses = parse_push_porcelain(&String::from_utf8_lossy(&output.stdout));
+        if statuses.is_empty() {
+            // Nothing reached the remote: unreachable, refused login, ...
+            output.into_result()?;
+        }
+        Ok(statuses)
+    }
+
+    /// The commit a branch points to in the results repository, if any.
+    pub async fn remote_branch(&self, branch: &BranchName) -> Result<Option<String>, GitError> {
+        remote_ref_value(&self.git, RESULTS_REMOTE, &branch.full_ref()).await
+    }
+}
+
+/// The value of `refname` on `remote`, read with `ls-remote`.
+pub async fn remote_ref_value(
+    git: &Git,
+    remote: &str,
+    refname: &str,
+) -> Result<Option<String>, GitError> {
+    let listing = git
+        .command("ls-remote")
+        .positional([remote, refname])
+        .run()
+        .await?;
+    Ok(listing.lines().find_map(|line| {
+        let (oid, name) = line.split_once('\t')?;
+        (name == refname).then(|| oid.to_owned())
+    }))
+}
+
+fn missing_push_status(refname: &str) -> GitError {
+    GitError::Failed {
+        command: "git push".into(),
+        status: "no status".into(),
+        stderr: format!("git push reported nothing for {refname}"),
+    }
+}
+
+/// The lock note's text; its presence is what matters, the wording is kept
+/// from the original so that readers and old instances see what they expect.
+fn lock_text() -> String {
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.9f %z");
+    format!("{now}: this commit is being tested by icyCI")
+}

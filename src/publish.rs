@@ -1,0 +1,239 @@
+//! Publishing a verdict: the captured output, the verdict and the extra
+//! notes become blobs, then notes on the tested commit, then one push to the
+//! results repository together with the tested branch and verified tag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::BranchName;
+use crate::git::{Git, GitError, PushStatus};
+use crate::notes::{remote_ref_value, NotesStore};
+use crate::retry::Backoff;
+use crate::verify::VerifiedTip;
+
+/// A note to add: its name in the namespace and the file with its content.
+#[derive(Debug, Clone)]
+pub struct StagedNote {
+    /// Name after `refs/notes/<ns>.`.
+    pub name: String,
+    /// File holding the exact bytes.
+    pub file: PathBuf,
+}
+
+/// The tested branch pushed alongside the notes, protected by a lease.
+#[derive(Debug, Clone)]
+pub struct BranchUpdate {
+    /// The branch.
+    pub branch: BranchName,
+    /// The results' branch value when the commit was locked (`None`: absent).
+    pub expected: Option<String>,
+}
+
+/// Everything one cycle pushes. Blob ids only, so it survives the cleanup
+/// of the staging files and can be pushed again after a failure.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// The tested commit.
+    pub tip: VerifiedTip,
+    /// `(note name, blob id)` pairs still to be pushed.
+    notes: Vec<(String, String)>,
+    branch: Option<BranchUpdate>,
+    push_tag: bool,
+    /// The verdict, for `-once`'s exit status.
+    pub passed: bool,
+}
+
+impl Publication {
+    /// Stores the staged files as blobs in one `hash-object` call.
+    pub async fn stage(
+        git: &Git,
+        tip: VerifiedTip,
+        notes: Vec<StagedNote>,
+        branch: Option<BranchUpdate>,
+        push_tag: bool,
+        passed: bool,
+    ) -> Result<Self, GitError> {
+        let paths: String = notes
+            .iter()
+            .map(|n| format!("{}\n", n.file.display()))
+            .collect();
+        // --no-filters: the bytes as captured, no attribute-driven conversion.
+        let blobs = git
+            .command("hash-object")
+            .args(["-w", "--no-filters", "--stdin-paths"])
+            .stdin(paths.into_bytes())
+            .run()
+            .await?;
+        let notes = notes
+            .into_iter()
+            .map(|n| n.name)
+            .zip(blobs.lines().map(str::to_owned))
+            .collect();
+        let push_tag = push_tag && tip.tag.is_some();
+        Ok(Publication {
+            tip,
+            notes,
+            branch,
+            push_tag,
+            passed,
+        })
+    }
+}
+
+/// Pushes `publication` until its notes are in the results repository.
+///
+/// Each round adds the notes on top of the local note refs and pushes them
+/// with the branch and tag still pending. A refused notes push means another
+/// instance pushed first: fetch the namespace (which discards our local
+/// note commits), add again, push again. Unreachable remotes are retried with
+/// capped backoff; the caller's state timeout bounds the whole.
+pub async fn publish(
+    store: &NotesStore,
+    source: &Git,
+    publication: &mut Publication,
+) -> Result<(), GitError> {
+    let commit = publication.tip.commit.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut needs_sync = false;
+    let mut notes_pushed = false;
+    let mut round: u32 = 0;
+
+    loop {
+        round += 1;
+        let result = push_round(
+            store,
+            source,
+            publication,
+            &mut needs_sync,
+            &mut notes_pushed,
+        )
+        .await;
+        match result {
+            Ok(true) => {
+                info!(commit = %commit, "results pushed");
+                return Ok(());
+            }
+            Ok(false) => {
+                warn!(commit = %commit, round, "results push refused by the remote; fetching notes and retrying");
+                tokio::time::sleep(Backoff::race_delay(round)).await;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(commit = %commit, round, retry_in = ?delay, "results push failed: {err}");
+                needs_sync = true;
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// One round; `Ok(true)` when nothing is left to push.
+async fn push_round(
+    store: &NotesStore,
+    source: &Git,
+    publication: &mut Publication,
+    needs_sync: &mut bool,
+    notes_pushed: &mut bool,
+) -> Result<bool, GitError> {
+    let commit = publication.tip.commit.clone();
+    let namespace = store.namespace().clone();
+    let mut refspecs = Vec::new();
+
+    if !*notes_pushed {
+        if *needs_sync {
+            store.sync().await?;
+            *needs_sync = false;
+        }
+        for (name, blob) in &publication.notes {
+            store.add_blob_note(&commit, name, blob).await?;
+        }
+        for (name, _) in &publication.notes {
+            let note_ref = namespace.note_ref(name);
+            refspecs.push(format!("{note_ref}:{note_ref}"));
+        }
+    }
+    let lease = publication.branch.as_ref().map(|update| {
+        refspecs.push(format!("{commit}:{}", update.branch.full_ref()));
+        format!(
+            "{}:{}",
+            update.branch.full_ref(),
+            update.expected.as_deref().unwrap_or("")
+        )
+    });
+    let tag = publication.tip.tag.clone().filter(|_| publication.push_tag);
+    if let Some(tag) = &tag {
+        refspecs.push(format!("{}:{}", tag.object, tag.refname));
+    }
+    if refspecs.is_empty() {
+        return Ok(true);
+    }
+
+    let statuses = store.push(&refspecs, lease.as_deref()).await?;
+    let status_of = |remote_ref: &str| {
+        statuses
+            .iter()
+            .find(|s| s.remote_ref == remote_ref)
+            .map(|s| s.status.clone())
+    };
+
+    if !*notes_pushed {
+        let all_accepted = publication
+            .notes
+            .iter()
+            .all(|(name, _)| status_of(&namespace.note_ref(name)) == Some(PushStatus::Accepted));
+        if all_accepted {
+            *notes_pushed = true;
+        } else {
+            *needs_sync = true;
+        }
+    }
+    if let Some(update) = publication.branch.clone() {
+        let status = status_of(&update.branch.full_ref());
+        publication.branch = settle_branch(store, source, &commit, update, status).await?;
+    }
+    if let Some(tag) = tag {
+        match status_of(&tag.refname) {
+            Some(PushStatus::Accepted) => publication.push_tag = false,
+            Some(status) => {
+                warn!(commit = %commit, tag = %tag.refname, "verified tag not pushed: {status:?}");
+                publication.push_tag = false;
+            }
+            None => {}
+        }
+    }
+    Ok(*notes_pushed && publication.branch.is_none() && !publication.push_tag)
+}
+
+/// Decides what remains of the branch update after a push; `None` when done.
+async fn settle_branch(
+    store: &NotesStore,
+    source: &Git,
+    commit: &str,
+    update: BranchUpdate,
+    status: Option<PushStatus>,
+) -> Result<Option<BranchUpdate>, GitError> {
+    match status {
+        Some(PushStatus::Accepted) => Ok(None),
+        None => Ok(Some(update)),
+        Some(PushStatus::StaleLease) => {
+            // Someone moved the results branch since the lock was taken.
+            // Update it only if the tested commit is still the source's tip;
+            // otherwise a newer tip is on its way and must not be rewound.
+            let source_tip = remote_ref_value(source, "origin", &update.branch.full_ref()).await?;
+            if source_tip.as_deref() == Some(commit) {
+                let expected = store.remote_branch(&update.branch).await?;
+                info!(commit = %commit, "results branch moved meanwhile; retrying with a new lease");
+                Ok(Some(BranchUpdate { expected, ..update }))
+            } else {
+                info!(commit = %commit, "results branch not updated: the source has moved past this commit");
+                Ok(None)
+            }
+        }
+        Some(PushStatus::Rejected(reason)) => {
+            warn!(commit = %commit, "results branch not updated: {reason}");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Delays between retries of steps that can fail transiently.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+/// Capped exponential backoff with jitter, never giving up by itself: the
+/// state timeouts and attempt counts of the callers bound the retries.
+pub struct Backoff {
+    delays: backon::ExponentialBackoff,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Delays start near `min` and double up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let delays = ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Backoff { delays, max }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max).min(self.max)
+    }
+
+    /// Pause after losing a push race to another instance: retry almost at
+    /// once, but spread instances apart so that they do not collide again.
+    pub fn race_delay(attempt: u32) -> Duration {
+        let spread = 50 * u64::from(attempt.min(10));
+        Duration::from_millis(fastrand_below(spread.max(1)))
+    }
+}
+
+/// A cheap pseudo-random number below `bound`, seeded per call from the
+/// clock and process id; good enough to de-synchronise racing instances.
+fn fastrand_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() % bound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_are_capped() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..50 {
+            assert!(backoff.next_delay() <= Duration::from_secs(2));
+        }
+        assert!(Backoff::race_delay(3) < Duration::from_millis(150));
+    }
+}
