@@ -1,2 +1,13 @@
+//! One integration-test binary: every module drives the built `icyci`
+//! binary against real repositories, keys and servers.
+
 mod common;
+
+mod cli;
+mod cycle;
 mod harness;
+mod instances;
+mod notes_dir;
+mod remote;
+mod selftest;
+mod verify;
