@@ -355,18 +355,14 @@ impl Job {
         if let Some(claim) = self.held.clone().filter(|c| c.tip.commit == tip.commit) {
             return Ok(Step::StartCommand { claim });
         }
-        let branch = if self.config.push_source_to_results && !self.same_repository {
-            let expected = self.store.remote_branch(&self.config.branch).await?;
-            Some(BranchUpdate {
-                branch: self.config.branch.clone(),
-                expected,
-            })
-        } else {
-            None
-        };
-
-        match self.store.lock(&tip.commit).await? {
-            LockOutcome::Taken => {
+        let branch = (self.config.push_source_to_results && !self.same_repository)
+            .then_some(&self.config.branch);
+        match self.store.lock(&tip.commit, branch).await? {
+            LockOutcome::Taken { branch_value } => {
+                let branch = branch.map(|branch| BranchUpdate {
+                    branch: branch.clone(),
+                    expected: branch_value,
+                });
                 let claim = Claim { tip, branch };
                 self.held = Some(claim.clone());
                 Ok(Step::StartCommand { claim })

@@ -41,10 +41,15 @@ pub enum NotesError {
 }
 
 /// The outcome of trying to claim a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockOutcome {
-    /// This instance holds the lock now.
-    Taken,
+    /// This instance holds the lock now. With a branch to watch, its value
+    /// in the results repository read just before the lock was taken
+    /// (`None`: no such branch there), the lease for the later branch push.
+    Taken {
+        /// The watched branch's value in the results repository.
+        branch_value: Option<String>,
+    },
     /// Another instance (or an earlier run) has locked the commit.
     AlreadyLocked,
 }
@@ -96,12 +101,17 @@ impl NotesStore {
     }
 
     /// Claims `commit` with a lock note, retrying lost push races and
-    /// unreachable remotes a bounded number of times.
-    pub async fn lock(&self, commit: &str) -> Result<LockOutcome, NotesError> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    /// unreachable remotes a bounded number of times. With `branch`, also
+    /// reads that branch's value in the results repository in each round.
+    pub async fn lock(
+        &self,
+        commit: &str,
+        branch: Option<&BranchName>,
+    ) -> Result<LockOutcome, NotesError> {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
         let mut last = String::new();
         for attempt in 1..=LOCK_ATTEMPTS {
-            let delay = match self.try_lock(commit).await {
+            let delay = match self.try_lock(commit, branch).await {
                 Ok(LockAttempt::Done(outcome)) => return Ok(outcome),
                 Ok(LockAttempt::Raced(reason)) => {
                     warn!(commit = %commit, attempt, "lock push rejected ({reason}); fetching and retrying");
@@ -129,8 +139,16 @@ impl NotesStore {
         })
     }
 
-    async fn try_lock(&self, commit: &str) -> Result<LockAttempt, GitError> {
+    async fn try_lock(
+        &self,
+        commit: &str,
+        branch: Option<&BranchName>,
+    ) -> Result<LockAttempt, GitError> {
         self.sync().await?;
+        let branch_value = match branch {
+            Some(branch) => self.remote_branch(branch).await?,
+            None => None,
+        };
 
         let lock_ref = self.namespace.note_ref("locked");
         // Adding a note without -f fails when one exists, which makes the
@@ -159,7 +177,7 @@ impl NotesStore {
                 ..
             }) => {
                 info!(commit = %commit, "lock taken in {lock_ref}");
-                Ok(LockAttempt::Done(LockOutcome::Taken))
+                Ok(LockAttempt::Done(LockOutcome::Taken { branch_value }))
             }
             Some(other) => Ok(LockAttempt::Raced(format!("{:?}", other.status))),
             None => Err(missing_push_status(&lock_ref)),

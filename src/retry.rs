@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-/// Capped exponential backoff with jitter, never giving up by itself: the
-/// state timeouts and attempt counts of the callers bound the retries.
+/// Capped exponential backoff with jitter (randomly seeded per process, so
+/// that instances retrying against one remote spread apart), never giving up
+/// by itself: the state timeouts and attempt counts of the callers bound the
+/// retries.
 pub struct Backoff {
     delays: backon::ExponentialBackoff,
     max: Duration,
@@ -32,17 +34,8 @@ impl Backoff {
     /// once, but spread instances apart so that they do not collide again.
     pub fn race_delay(attempt: u32) -> Duration {
         let spread = 50 * u64::from(attempt.min(10));
-        Duration::from_millis(fastrand_below(spread.max(1)))
+        Duration::from_millis(fastrand::u64(..=spread))
     }
-}
-
-/// A cheap pseudo-random number below `bound`, seeded per call from the
-/// clock and process id; good enough to de-synchronise racing instances.
-fn fastrand_below(bound: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish() % bound
 }
 
 #[cfg(test)]
