@@ -98,7 +98,9 @@ enum Step {
     AwaitCommand {
         claim: Claim,
     },
-    Push,
+    Push {
+        commit: String,
+    },
     Cleanup {
         once: Option<OnceResult>,
         then_wait: Duration,
@@ -115,7 +117,7 @@ impl Step {
             Step::Lock { .. } => State::Lock,
             Step::StartCommand { .. } => State::StartCommand,
             Step::AwaitCommand { .. } => State::AwaitCommand,
-            Step::Push => State::Push,
+            Step::Push { .. } => State::Push,
             Step::Cleanup { .. } => State::Cleanup,
         }
     }
@@ -125,6 +127,7 @@ impl Step {
             Step::Verify { tip } => Some(tip),
             Step::Lock { tip } => Some(&tip.commit),
             Step::StartCommand { claim } | Step::AwaitCommand { claim } => Some(&claim.tip.commit),
+            Step::Push { commit } => Some(commit),
             _ => None,
         }
     }
@@ -250,7 +253,7 @@ impl Job {
             Step::Lock { tip } => self.lock(tip).await,
             Step::StartCommand { claim } => self.start_command(claim).await,
             Step::AwaitCommand { claim } => self.await_command(claim).await,
-            Step::Push => self.push().await,
+            Step::Push { .. } => self.push().await,
             Step::Cleanup { once, then_wait } => self.cleanup(once, then_wait).await,
             Step::Exit(result) => Ok(Step::Exit(result)),
         }
@@ -312,8 +315,10 @@ impl Job {
 
     async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(wait).await;
-        if self.pending.is_some() {
-            return Ok(Step::Push);
+        if let Some(publication) = &self.pending {
+            return Ok(Step::Push {
+                commit: publication.tip.commit.clone(),
+            });
         }
         if let Some(claim) = self.held.clone() {
             return Ok(Step::StartCommand { claim });
@@ -392,8 +397,7 @@ impl Job {
     async fn start_command(&mut self, claim: Claim) -> Result<Step, StepError> {
         self.workspace.reset_staging()?;
         let Some(script) = self.config.test_script.clone() else {
-            self.stage(claim, None).await?;
-            return Ok(Step::Push);
+            return self.stage(claim, None).await;
         };
 
         self.checked_out = true;
@@ -420,9 +424,7 @@ impl Job {
             }
             Err(reason) => {
                 warn!(commit = %claim.tip.commit, "script did not start: {reason}");
-                self.stage(claim, Some(ScriptOutcome::Failed(reason)))
-                    .await?;
-                Ok(Step::Push)
+                self.stage(claim, Some(ScriptOutcome::Failed(reason))).await
             }
         }
     }
@@ -441,17 +443,16 @@ impl Job {
                 info!(commit = %claim.tip.commit, "script failed: {reason}");
             }
         }
-        self.stage(claim, Some(outcome)).await?;
-        Ok(Step::Push)
+        self.stage(claim, Some(outcome)).await
     }
 
-    /// Turns the run's files into a [`Publication`] held in `self.pending`.
-    /// `outcome` is `None` in mirror mode.
+    /// Turns the run's files into a [`Publication`] held in `self.pending`,
+    /// to be pushed next. `outcome` is `None` in mirror mode.
     async fn stage(
         &mut self,
         claim: Claim,
         outcome: Option<ScriptOutcome>,
-    ) -> Result<(), StepError> {
+    ) -> Result<Step, StepError> {
         let ns = &self.config.notes_ns;
         let script = self.config.test_script.as_deref().unwrap_or_default();
         let (verdict_name, verdict_text) = match &outcome {
@@ -517,9 +518,10 @@ impl Job {
             passed,
         )
         .await?;
+        let commit = publication.tip.commit.clone();
         self.pending = Some(publication);
         self.held = None;
-        Ok(())
+        Ok(Step::Push { commit })
     }
 
     async fn push(&mut self) -> Result<Step, StepError> {

@@ -84,8 +84,8 @@ impl Publication {
 
 /// Pushes `publication` until its notes are in the results repository.
 ///
-/// Each round adds the notes on top of the local note refs and pushes them
-/// with the branch and tag still pending. A refused notes push means another
+/// Each round adds the notes on top of the note refs just fetched from the
+/// results repository and pushes them with the branch and tag still pending. A refused notes push means another
 /// instance pushed first: fetch the namespace (which discards our local
 /// note commits), add again, push again. Unreachable remotes are retried with
 /// capped backoff; the caller's state timeout bounds the whole.
@@ -96,7 +96,10 @@ pub async fn publish(
 ) -> Result<(), GitError> {
     let commit = publication.tip.commit.clone();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let mut needs_sync = false;
+    // The script ran in this clone and may have touched its note refs (a
+    // test suite that runs `git notes` in its checkout): start every
+    // publication from the results repository's refs, never from local ones.
+    let mut needs_sync = true;
     let mut notes_pushed = false;
     let mut round: u32 = 0;
 

@@ -208,6 +208,9 @@ impl GitCommand {
         command
             .arg("-C")
             .arg(&self.dir)
+            // The test script runs inside this clone and could leave hooks
+            // in .git/hooks; none of them may run as part of the cycle.
+            .args(["-c", "core.hooksPath=/dev/null"])
             .args(&self.args)
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()

@@ -905,3 +905,49 @@ fn stop(daemon: &mut Daemon, sig: &str) {
     let status = daemon.expect_exit(LONG);
     assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
 }
+
+/// The script runs inside the daemon's clone. Notes it adds there and hooks it plants must not
+/// reach the results or run as part of the daemon's own git commands.
+#[test]
+fn notes_and_hooks_a_script_leaves_in_the_clone_are_not_used() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let unsigned = fx
+        .env
+        .commit(&fx.work, "unsigned, never tested", Sign::None);
+    let hook_ran = fx.env.path("hook-ran");
+    let body = format!(
+        "git notes --ref=refs/notes/icyci.result.passed add -m forged {unsigned}\n\
+         git notes --ref=refs/notes/icyci.planted add -m forged HEAD\n\
+         printf '#!/bin/sh\\ntouch \"{marker}\"\\n' > .git/hooks/reference-transaction\n\
+         chmod +x .git/hooks/reference-transaction\n",
+        marker = hook_ran.display()
+    );
+    let commit = fx.script_commit(&body);
+
+    let (status, daemon) = fx.once(&[]);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+
+    assert_eq!(
+        fx.env.note_refs(&fx.results),
+        [
+            "refs/notes/icyci.locked",
+            "refs/notes/icyci.output.stderr",
+            "refs/notes/icyci.output.stdout",
+            "refs/notes/icyci.result.passed",
+        ],
+        "a note ref made by the script in the clone was pushed"
+    );
+    assert_eq!(
+        fx.note("result.passed", &unsigned),
+        None,
+        "a forged verdict was pushed"
+    );
+    assert!(fx.note("result.passed", &commit).is_some());
+    assert!(
+        !hook_ran.exists(),
+        "a hook planted by the script ran in the daemon's git calls"
+    );
+}
