@@ -70,65 +70,76 @@ enum Kind {
     Bool,
 }
 
-/// Every daemon flag, its kind and its help text.
-const FLAGS: [(&str, Kind, &str); 13] = [
+/// Every daemon flag: name, kind, the value's placeholder in the usage, help.
+const FLAGS: [(&str, Kind, &str, &str); 13] = [
     (
         "source-repo",
         Kind::Value,
-        "repository under test (URL or path git accepts); required",
+        "URL",
+        "repository under test (any URL or path git accepts); required",
     ),
     (
         "source-branch",
         Kind::Value,
+        "NAME",
         "branch to follow (default \"main\")",
     ),
     (
         "test-script",
         Kind::Value,
-        "script run in the checkout, relative to its root or absolute",
+        "PATH",
+        "script run in the checkout: relative to its root, or absolute",
     ),
     (
         "results-repo",
         Kind::Value,
+        "URL",
         "repository the result notes are pushed to; required",
     ),
     (
         "push-source-to-results",
         Kind::Bool,
+        "",
         "also push the tested branch and verified tag (default true)",
     ),
     (
         "poll-interval",
         Kind::Value,
+        "DURATION",
         "wait between fetches while idle (default 60s)",
     ),
     (
         "notes-ns",
         Kind::Value,
-        "notes namespace: refs/notes/<ns>.<name> (default \"icyci\")",
+        "PREFIX",
+        "notes namespace: refs/notes/<PREFIX>.<name> (default \"icyci\")",
     ),
     (
         "timeout",
         Kind::Value,
-        "change a state's timeout: await-command:DURATION",
+        "await-command:DURATION",
+        "time limit of the test script (default 2h)",
     ),
     (
         "disable-timeouts",
         Kind::Bool,
+        "",
         "run without any state timeouts",
     ),
     (
         "source-reference",
         Kind::Value,
+        "PATH",
         "repository passed to the first clone as --reference",
     ),
     (
         "once",
         Kind::Bool,
-        "test the current tip once and exit: 0 passed, 1 failed, 3 nothing to do",
+        "",
+        "test the current tip and exit: 0 passed, 1 failed, 3 nothing to do, 4 could not complete",
     ),
-    ("v", Kind::Bool, "print the version and exit"),
-    ("help", Kind::Bool, "print this help and exit"),
+    ("v", Kind::Bool, "", "print the version and exit"),
+    ("help", Kind::Bool, "", "print this help and exit (also -h)"),
 ];
 
 /// The usage text printed by `-h` and after a usage error.
@@ -136,9 +147,9 @@ pub fn usage() -> String {
     let mut text = String::from(
         "Usage: icyci -source-repo URL -results-repo URL [flags]\n       icyci demo\n\nFlags:\n",
     );
-    for (name, kind, help) in FLAGS {
-        let value = if kind == Kind::Value { " VALUE" } else { "" };
-        text.push_str(&format!("  -{name}{value}\n        {help}\n"));
+    for (name, _, value, help) in FLAGS {
+        let separator = if value.is_empty() { "" } else { " " };
+        text.push_str(&format!("  -{name}{separator}{value}\n        {help}\n"));
     }
     text.push_str("\nDURATION is Go syntax (300ms, 1h30m) or whole seconds.\n");
     text
@@ -173,8 +184,8 @@ where
         let name = if name == "h" { "help" } else { name };
         let kind = FLAGS
             .iter()
-            .find(|(known, _, _)| *known == name)
-            .map(|(_, kind, _)| *kind)
+            .find(|(known, _, _, _)| *known == name)
+            .map(|(_, kind, _, _)| *kind)
             .ok_or_else(|| UsageError::UnknownFlag(name.to_owned()))?;
         let value = match (kind, inline_value) {
             (Kind::Bool, None) => "true".to_owned(),

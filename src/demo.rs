@@ -46,16 +46,17 @@ fn run() -> Result<ExitCode> {
     let demo = Demo::new(dir.path());
     demo.setup()?;
 
-    println!(
-        "== icyci demo: testing a signed commit in {}\n",
-        dir.path().display()
-    );
+    let args = [
+        format!("-source-repo={}", demo.source.display()),
+        format!("-results-repo={}", demo.results.display()),
+        "-test-script=.icyci/test.sh".to_owned(),
+        "-once".to_owned(),
+    ];
+    println!("== icyci demo: a signed commit in a throwaway repository (removed at the end)");
+    println!("   icyci {}\n", args.join(" "));
     let status = Command::new(std::env::current_exe()?)
         .envs(demo.env())
-        .arg(format!("-source-repo={}", demo.source.display()))
-        .arg(format!("-results-repo={}", demo.results.display()))
-        .arg("-test-script=.icyci/test.sh")
-        .arg("-once")
+        .args(&args)
         .status()
         .context("cannot start icyci")?;
 
@@ -142,10 +143,6 @@ impl Demo {
         std::fs::create_dir_all(self.work.join(".icyci"))?;
         let script = self.work.join(".icyci/test.sh");
         std::fs::write(&script, TEST_SCRIPT)?;
-        std::os::unix::fs::PermissionsExt::set_mode(
-            &mut std::fs::metadata(&script)?.permissions(),
-            0o755,
-        );
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         self.git(&self.work, &["add", "."])?;
         self.git(

@@ -148,8 +148,45 @@ pub struct Job {
     pending: Option<Publication>,
     running: Option<ScriptRun>,
     checked_out: bool,
-    consecutive_failures: u32,
+    failures: Failures,
+}
+
+/// Consecutive failures of one state, for the retry delay and the log.
+struct Failures {
+    state: Option<State>,
+    count: u32,
     backoff: Backoff,
+}
+
+impl Failures {
+    fn new() -> Self {
+        Failures {
+            state: None,
+            count: 0,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+        }
+    }
+
+    /// Counts a failure of `state`; returns the attempt number and the delay
+    /// before the next try.
+    fn record(&mut self, state: State) -> (u32, Duration) {
+        if self.state != Some(state) {
+            *self = Failures::new();
+            self.state = Some(state);
+        }
+        self.count += 1;
+        (self.count, self.backoff.next_delay())
+    }
+
+    /// Notes that `state` completed; returns how often it had failed before.
+    fn succeeded(&mut self, state: State) -> Option<u32> {
+        if self.state != Some(state) {
+            return None;
+        }
+        let count = self.count;
+        *self = Failures::new();
+        Some(count)
+    }
 }
 
 impl Job {
@@ -169,8 +206,7 @@ impl Job {
             pending: None,
             running: None,
             checked_out: false,
-            consecutive_failures: 0,
-            backoff: failure_backoff(),
+            failures: Failures::new(),
         }
     }
 
@@ -181,11 +217,17 @@ impl Job {
         shutdown: CancellationToken,
         mut usr1: broadcast::Receiver<()>,
     ) -> JobExit {
+        let config = &self.config;
+        let await_limit = config.timeouts.for_state(State::AwaitCommand);
         info!(
-            source = %self.config.source,
-            branch = %self.config.branch,
-            results = %self.config.results,
-            namespace = self.config.notes_ns.as_str(),
+            source = %config.source,
+            branch = %config.branch,
+            results = %config.results,
+            namespace = config.notes_ns.as_str(),
+            script = config.test_script.as_deref().unwrap_or("none (mirror mode)"),
+            poll_interval = %format_duration(config.poll_interval),
+            push_source_to_results = config.push_source_to_results && !self.same_repository,
+            script_timeout = %await_limit.map_or("none".into(), format_duration),
             "job starting"
         );
         let mut step = Step::Clone {
@@ -232,7 +274,12 @@ impl Job {
             };
 
             let next = match result {
-                Ok(next) => next,
+                Ok(next) => {
+                    if let Some(count) = self.failures.succeeded(state) {
+                        info!("{state} works again after {count} failed attempts");
+                    }
+                    next
+                }
                 Err(err) => self.recover(state, err),
             };
             if next.state() != state && !matches!(next, Step::Exit(_)) {
@@ -261,14 +308,12 @@ impl Job {
 
     /// Chooses where to go after a failed state.
     fn recover(&mut self, state: State, err: StepError) -> Step {
-        self.consecutive_failures += 1;
-        let attempt = self.consecutive_failures;
-        let delay = self.backoff.next_delay();
+        let (attempt, delay) = self.failures.record(state);
         if self.config.once && (state != State::Clone || attempt >= ONCE_CLONE_ATTEMPTS) {
             error!("{state} failed: {err}; giving up (-once)");
             return Step::Exit(OnceResult::Error);
         }
-        warn!(attempt, retry_in = ?delay, "{state} failed: {err}");
+        warn!(attempt, retry_in = %format_duration(round_to_millis(delay)), "{state} failed: {err}");
         match state {
             State::Clone => Step::Clone { delay },
             State::Poll => Step::Poll { wait: delay },
@@ -306,11 +351,39 @@ impl Job {
             .positional([RESULTS_REMOTE, self.config.results.as_git_arg()])
             .run()
             .await?;
+        self.ensure_identity().await?;
 
         let tip = self.source_tip().await?;
-        self.consecutive_failures = 0;
-        self.backoff = failure_backoff();
         Ok(Step::Verify { tip })
+    }
+
+    /// Notes are commits, so git needs a committer. A service user often has
+    /// no `user.name`/`user.email`, and git's guess fails on hosts without a
+    /// domain name: then the clone gets an identity of its own.
+    async fn ensure_identity(&self) -> Result<(), GitError> {
+        let known = self
+            .source
+            .command("var")
+            .arg("GIT_COMMITTER_IDENT")
+            .output()
+            .await?;
+        if known.status.success() {
+            return Ok(());
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let email = format!("icyci@{host}");
+        info!("no git identity configured; notes are committed as icyci <{email}>");
+        for (key, value) in [("user.name", "icyci"), ("user.email", email.as_str())] {
+            self.source
+                .command("config")
+                .positional([key, value])
+                .run()
+                .await?;
+        }
+        Ok(())
     }
 
     async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {
@@ -330,11 +403,6 @@ impl Job {
             .run()
             .await?;
         let tip = self.source_tip().await?;
-        if self.consecutive_failures > 0 {
-            info!("fetching the source works again");
-            self.consecutive_failures = 0;
-            self.backoff = failure_backoff();
-        }
         if self.last_handled.as_deref() == Some(tip.as_str()) {
             return Ok(Step::Poll {
                 wait: self.config.poll_interval,
@@ -375,7 +443,7 @@ impl Job {
             LockOutcome::AlreadyLocked => {
                 info!(
                     commit = %tip.commit,
-                    "lock lost: already locked in {}, tested by another instance",
+                    "not testing: already locked in {} (tested, or being tested, by an instance)",
                     self.config.notes_ns.note_ref("locked")
                 );
                 Ok(self.nothing_to_do(tip.commit))
@@ -559,12 +627,49 @@ impl Job {
     }
 
     /// Shutdown: a running script's whole group is stopped and reaped.
+    ///
+    /// What the job owns is not left behind silently: finished results get a
+    /// bounded last attempt to be pushed, and the lock of a run that was
+    /// interrupted is released, so that the commit is tested again later
+    /// instead of staying locked without results.
     async fn stop(&mut self) {
+        let held = self.held.as_ref().map(|claim| claim.tip.commit.clone());
         if let Some(run) = self.running.as_mut() {
-            info!("stopping the test script");
+            info!(
+                commit = held.as_deref().unwrap_or_default(),
+                "stopping the test script"
+            );
             run.terminate().await;
         }
         self.running = None;
+
+        if let Some(publication) = self.pending.as_mut() {
+            let commit = publication.tip.commit.clone();
+            let attempt = publish(&self.store, &self.source, publication);
+            match tokio::time::timeout(SHUTDOWN_GRACE, attempt).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => warn!(commit = %commit, "results not pushed before exit: {err}"),
+                Err(_) => warn!(
+                    commit = %commit,
+                    "results not pushed before exit: the results repository did not accept them \
+                     within {}; the commit stays locked without results",
+                    format_duration(SHUTDOWN_GRACE)
+                ),
+            }
+        } else if let Some(claim) = self.held.take() {
+            let commit = claim.tip.commit;
+            match tokio::time::timeout(SHUTDOWN_GRACE, self.store.unlock(&commit)).await {
+                Ok(Ok(())) => {
+                    info!(commit = %commit, "lock released: the commit will be tested again")
+                }
+                Ok(Err(err)) => warn!(commit = %commit, "lock not released: {err}"),
+                Err(_) => warn!(
+                    commit = %commit,
+                    "lock not released: no answer from the results repository within {}",
+                    format_duration(SHUTDOWN_GRACE)
+                ),
+            }
+        }
         info!("job stopped");
     }
 
@@ -584,11 +689,15 @@ impl Job {
     }
 }
 
+/// How long a stopping job may spend handing back what it owns.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
 /// With `-once`, a clone is tried this many times before giving up.
 const ONCE_CLONE_ATTEMPTS: u32 = 5;
 
-fn failure_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(500), Duration::from_secs(60))
+/// Delays in logs read better without sub-millisecond digits.
+pub(crate) fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn sleep_or_forever(limit: Option<Duration>) {

@@ -23,6 +23,8 @@ pub const RESULTS_REMOTE: &str = "results";
 
 /// How many rounds of fetch, add and push the lock gets.
 const LOCK_ATTEMPTS: u32 = 10;
+/// Releasing a lock races other instances' lock pushes like taking one.
+const UNLOCK_ATTEMPTS: u32 = 3;
 
 /// A failure of the notes store that the caller may retry later.
 #[derive(Debug, Error)]
@@ -31,8 +33,16 @@ pub enum NotesError {
     #[error(transparent)]
     Git(#[from] GitError),
     /// The lock could not be pushed in any attempt.
-    #[error("could not push the lock after {attempts} attempts; last error: {last}")]
+    #[error("could not take the lock in {attempts} attempts; last error: {last}")]
     LockAttempts {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The lock could not be released in any attempt.
+    #[error("could not release the lock in {attempts} attempts; last error: {last}")]
+    UnlockAttempts {
         /// Attempts made.
         attempts: u32,
         /// The last failure.
@@ -182,6 +192,36 @@ impl NotesStore {
             Some(other) => Ok(LockAttempt::Raced(format!("{:?}", other.status))),
             None => Err(missing_push_status(&lock_ref)),
         }
+    }
+
+    /// Removes this instance's lock of `commit` (a run that was
+    /// interrupted), so that the commit is tested again later.
+    pub async fn unlock(&self, commit: &str) -> Result<(), NotesError> {
+        let lock_ref = self.namespace.note_ref("locked");
+        let mut last = String::new();
+        for _ in 0..UNLOCK_ATTEMPTS {
+            self.sync().await?;
+            self.git
+                .command("notes")
+                .arg(format!("--ref={lock_ref}"))
+                .args(["remove", "--ignore-missing"])
+                .positional([commit])
+                .run()
+                .await?;
+            let pushed = self.push(&[format!("{lock_ref}:{lock_ref}")], None).await?;
+            match pushed.iter().find(|p| p.remote_ref == lock_ref) {
+                Some(PushedRef {
+                    status: crate::git::PushStatus::Accepted,
+                    ..
+                }) => return Ok(()),
+                Some(other) => last = format!("{:?}", other.status),
+                None => return Err(missing_push_status(&lock_ref).into()),
+            }
+        }
+        Err(NotesError::UnlockAttempts {
+            attempts: UNLOCK_ATTEMPTS,
+            last,
+        })
     }
 
     /// Adds (or replaces) the note `name` of `commit` with the blob `blob`,

@@ -42,7 +42,7 @@ pub enum GitError {
         command: String,
         /// Exit status as text.
         status: String,
-        /// Git's standard error, trimmed and credentials masked.
+        /// Git's standard error on one line (hints left out), credentials masked.
         stderr: String,
     },
 }
@@ -83,7 +83,7 @@ impl GitOutput {
             Err(GitError::Failed {
                 command: self.command,
                 status: describe_status(self.status),
-                stderr: mask_credentials(&self.stderr).into_owned(),
+                stderr: mask_credentials(&one_line(&self.stderr)).into_owned(),
             })
         }
     }
@@ -265,6 +265,18 @@ const REPOSITORY_LOCATION_VARIABLES: [&str; 6] = [
     "GIT_ALTERNATE_OBJECT_DIRECTORIES",
     "GIT_NAMESPACE",
 ];
+
+/// Folds git's message onto one line for a log line of its own; git's
+/// `hint:` lines are advice for interactive users and are left out (the
+/// full text is logged at debug level).
+fn one_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("hint:"))
+        .collect();
+    lines.join(" | ")
+}
 
 /// Describes an exit status the way an operator expects to read it.
 pub fn describe_status(status: ExitStatus) -> String {

@@ -456,7 +456,13 @@ fn once_exit_codes_passed_failed_and_already_locked() {
     let refs_before = fx.env.git(&fx.results, ["for-each-ref"]);
     let (status, daemon) = fx.once(&[]);
     assert_eq!(status.code(), Some(3), "{}", daemon.logs_for_humans());
-    assert!(daemon.stderr().contains("lock lost"), "{}", daemon.stderr());
+    assert!(
+        daemon
+            .stderr()
+            .contains("already locked in refs/notes/icyci.locked"),
+        "{}",
+        daemon.stderr()
+    );
     assert!(!daemon.stderr().contains("script passed"));
     assert_eq!(fx.env.git(&fx.results, ["for-each-ref"]), refs_before);
     assert_eq!(fx.note("locked", &passing), lock);

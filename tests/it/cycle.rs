@@ -194,7 +194,7 @@ fn restart_tests_new_tips_but_never_reruns_a_locked_commit() {
 
     // Restarted on an already locked tip: not run again.
     let mut daemon = fx.spawn(&[]);
-    daemon.wait_for_stderr("lock lost", LONG);
+    daemon.wait_for_stderr("already locked in refs/notes/icyci.locked", LONG);
     assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
     stop(&mut daemon, "TERM");
     assert_eq!(runs(), format!("{first}\n{second}\n"));
@@ -376,8 +376,10 @@ fn signal_mid_run(sig: &str) {
     }
     let fx = Fixture::new();
     let pids = fx.env.path("pids");
-    fx.script_commit(&format!(
-        "sleep 300 &\necho \"$$ $!\" > '{}'\necho script-started >&2\nwait\n",
+    let second_run = fx.env.path("second-run");
+    let commit = fx.script_commit(&format!(
+        "[ -e '{}' ] && exit 0\nsleep 300 &\necho \"$$ $!\" > '{}'\necho script-started >&2\nwait\n",
+        second_run.display(),
         pids.display()
     ));
     let mut daemon = fx.spawn(&[]);
@@ -403,6 +405,23 @@ fn signal_mid_run(sig: &str) {
         fx.env.workspaces().is_empty(),
         "workspace left behind: {:?}",
         fx.env.workspaces()
+    );
+
+    // The interrupted run's lock is released, so that the commit is tested again: the original
+    // left it locked without results forever.
+    assert_eq!(
+        fx.note("locked", &commit),
+        None,
+        "lock kept after an interrupted run:\n{}",
+        daemon.logs_for_humans()
+    );
+    assert!(daemon.stderr().contains("lock released"));
+    std::fs::write(&second_run, b"").expect("write marker");
+    let (status, daemon) = fx.once(&[]);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    assert!(
+        fx.note("result.passed", &commit).is_some(),
+        "the same commit is tested again"
     );
 }
 

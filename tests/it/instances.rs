@@ -51,7 +51,7 @@ fn same_namespace_instances_test_each_commit_exactly_once() {
         wait_log(
             loser,
             &[
-                "lock lost: already locked in refs/notes/icyci.locked",
+                "not testing: already locked in refs/notes/icyci.locked",
                 &commit_field(&commit),
             ],
         );
@@ -160,7 +160,7 @@ fn a_lock_note_written_by_the_original_is_honoured() {
         log_has_line(
             &stderr,
             &[
-                "lock lost: already locked in refs/notes/icyci.locked",
+                "not testing: already locked in refs/notes/icyci.locked",
                 &commit_field(&commit)
             ]
         ),

@@ -369,7 +369,7 @@ fn source_fetch_failures_while_polling_are_retried() {
     let log = daemon.wait_for_stderr("attempt=3", QUICK);
     assert!(log.contains("poll failed: "), "{log}");
     move_back(&away, &source);
-    daemon.wait_for_stderr("fetching the source works again", RECOVERY);
+    daemon.wait_for_stderr("poll works again after", RECOVERY);
     let second = env.commit(&work, "after the outage", Sign::Gpg(fpr));
     env.push(&work, &source, &["main"]);
 
@@ -485,11 +485,9 @@ fn results_push_race_keeps_both_notes() {
     gate.release();
 
     assert_exit(&mut daemon, 0, QUICK);
-    let log = daemon.stderr();
-    assert!(
-        log.contains("results push refused by the remote"),
-        "the race happened:\n{log}"
-    );
+    // The daemon fetches the namespace before adding its notes, so the other instance's note
+    // is normally already there; if it lands between that fetch and the push, the push is
+    // refused and rebuilt. Either way both notes must end up in the results.
     assert_complete_notes(&env, &results, &commit, &gate.script);
     assert_eq!(
         env.note_text(&results, "icyci", "output.stdout", &commit)
