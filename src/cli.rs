@@ -284,7 +284,10 @@ impl RawFlags {
             poll_interval: self.duration("poll-interval", Duration::from_secs(60))?,
             notes_ns: NotesNamespace::new(self.get("notes-ns").unwrap_or("icyci"))?,
             timeouts,
-            source_reference: self.get("source-reference").map(str::to_owned),
+            source_reference: match self.get("source-reference") {
+                Some("") => return Err(ConfigError::EmptyReference.into()),
+                other => other.map(str::to_owned),
+            },
             once: self.flag("once"),
         })
     }

@@ -32,6 +32,9 @@ pub enum ConfigError {
     /// An empty test script path.
     #[error("invalid test script: empty path")]
     EmptyScript,
+    /// An empty `-source-reference`.
+    #[error("invalid source reference: empty path")]
+    EmptyReference,
 }
 
 /// A branch name that git accepts and that cannot be mistaken for an option.
@@ -123,6 +126,18 @@ impl RepoUrl {
     /// The URL exactly as given, for git's command line only.
     pub fn as_git_arg(&self) -> &str {
         &self.0
+    }
+
+    /// A relative local path made absolute against `base` (the directory
+    /// icyci was started in): git runs inside the workspace, where the
+    /// path would otherwise mean something else. URLs are kept as they are.
+    pub fn anchored_at(self, base: &Path) -> Self {
+        match self.local_path() {
+            Some(path) if path.is_relative() && !self.0.starts_with("file://") => {
+                RepoUrl(base.join(path).to_string_lossy().into_owned())
+            }
+            _ => self,
+        }
     }
 
     /// True when both name the same repository. Local paths are compared

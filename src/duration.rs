@@ -145,6 +145,11 @@ pub fn format_duration(duration: Duration) -> String {
     }
 }
 
+/// Drops sub-millisecond digits, for delays shown in logs.
+pub fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// `value / unit` with the remainder as trailing-zero-free decimals.
 fn fraction(value: u128, unit: u128) -> String {
     let whole = value / unit;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::JobConfig;
-use crate::duration::format_duration;
+use crate::duration::{format_duration, round_to_millis};
 use crate::git::{Git, GitError};
 use crate::notes::{LockOutcome, NotesError, NotesStore, RESULTS_REMOTE};
 use crate::notes_dir::collect_extra_notes;
@@ -33,7 +33,7 @@ use crate::retry::Backoff;
 use crate::runner::{self, ScriptOutcome, ScriptRun, ScriptSpec};
 use crate::state::State;
 use crate::verify::{verify_tip, Verification, VerifiedTip};
-use crate::workspace::Workspace;
+use crate::workspace::{remove_tree, Workspace};
 
 /// Result of `-once`, which is also its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,10 @@ enum Step {
     Lock {
         tip: VerifiedTip,
     },
+    /// Giving back the lock of a commit this job cannot test.
+    Release {
+        claim: Claim,
+    },
     StartCommand {
         claim: Claim,
     },
@@ -114,7 +118,7 @@ impl Step {
             Step::Clone { .. } => State::Clone,
             Step::Poll { .. } | Step::Exit(_) => State::Poll,
             Step::Verify { .. } => State::Verify,
-            Step::Lock { .. } => State::Lock,
+            Step::Lock { .. } | Step::Release { .. } => State::Lock,
             Step::StartCommand { .. } => State::StartCommand,
             Step::AwaitCommand { .. } => State::AwaitCommand,
             Step::Push { .. } => State::Push,
@@ -126,7 +130,9 @@ impl Step {
         match self {
             Step::Verify { tip } => Some(tip),
             Step::Lock { tip } => Some(&tip.commit),
-            Step::StartCommand { claim } | Step::AwaitCommand { claim } => Some(&claim.tip.commit),
+            Step::StartCommand { claim }
+            | Step::AwaitCommand { claim }
+            | Step::Release { claim } => Some(&claim.tip.commit),
             Step::Push { commit } => Some(commit),
             _ => None,
         }
@@ -148,6 +154,8 @@ pub struct Job {
     pending: Option<Publication>,
     running: Option<ScriptRun>,
     checked_out: bool,
+    /// Attempts to run the held commit and stage its results.
+    run_attempts: u32,
     failures: Failures,
 }
 
@@ -206,6 +214,7 @@ impl Job {
             pending: None,
             running: None,
             checked_out: false,
+            run_attempts: 0,
             failures: Failures::new(),
         }
     }
@@ -298,6 +307,7 @@ impl Job {
             Step::Poll { wait } => self.poll(wait).await,
             Step::Verify { tip } => self.verify(tip).await,
             Step::Lock { tip } => self.lock(tip).await,
+            Step::Release { claim } => self.release(claim).await,
             Step::StartCommand { claim } => self.start_command(claim).await,
             Step::AwaitCommand { claim } => self.await_command(claim).await,
             Step::Push { .. } => self.push().await,
@@ -317,20 +327,53 @@ impl Job {
         match state {
             State::Clone => Step::Clone { delay },
             State::Poll => Step::Poll { wait: delay },
-            _ => Step::Cleanup {
+            // Remote trouble: the clone is fine, try again from a clean state.
+            State::Verify | State::Lock | State::Push => Step::Cleanup {
                 once: None,
                 then_wait: delay,
             },
+            // These only touch the clone and the workspace, so the script
+            // (or the disk) has damaged them: start over from a fresh clone.
+            // A lock held or results staged are kept and taken up again.
+            State::StartCommand | State::AwaitCommand | State::Cleanup => {
+                warn!("cloning the source again");
+                Step::Clone { delay }
+            }
         }
+    }
+
+    /// Work this job already owns goes before anything new: staged results
+    /// to push, or a locked commit to (re)run.
+    fn owned_work(&mut self) -> Option<Step> {
+        if let Some(publication) = &self.pending {
+            return Some(Step::Push {
+                commit: publication.tip.commit.clone(),
+            });
+        }
+        let claim = self.held.clone()?;
+        if self.run_attempts < MAX_RUN_ATTEMPTS {
+            return Some(Step::StartCommand { claim });
+        }
+        error!(
+            commit = %claim.tip.commit,
+            "giving up on this commit after {MAX_RUN_ATTEMPTS} attempts to run it and record its \
+             results; its lock is released"
+        );
+        self.held = None;
+        self.run_attempts = 0;
+        self.last_handled = Some(claim.tip.commit.clone());
+        Some(Step::Release { claim })
     }
 
     async fn clone_source(&mut self, delay: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(delay).await;
         let target = self.workspace.source_dir();
         // A failed attempt may leave a partial clone behind.
-        if target.exists() {
-            tokio::fs::remove_dir_all(&target).await?;
-        }
+        self.checked_out = false;
+        tokio::task::spawn_blocking(move || remove_tree(&target))
+            .await
+            .map_err(std::io::Error::other)??;
+        let target = self.workspace.source_dir();
         let mut clone = Git::new(self.workspace.root())
             .command("clone")
             .args(["--quiet", "--no-checkout", "--single-branch"])
@@ -353,6 +396,9 @@ impl Job {
             .await?;
         self.ensure_identity().await?;
 
+        if let Some(step) = self.owned_work() {
+            return Ok(step);
+        }
         let tip = self.source_tip().await?;
         Ok(Step::Verify { tip })
     }
@@ -388,13 +434,8 @@ impl Job {
 
     async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(wait).await;
-        if let Some(publication) = &self.pending {
-            return Ok(Step::Push {
-                commit: publication.tip.commit.clone(),
-            });
-        }
-        if let Some(claim) = self.held.clone() {
-            return Ok(Step::StartCommand { claim });
+        if let Some(step) = self.owned_work() {
+            return Ok(step);
         }
 
         self.source
@@ -451,6 +492,15 @@ impl Job {
         }
     }
 
+    async fn release(&mut self, claim: Claim) -> Result<Step, StepError> {
+        self.store.unlock(&claim.tip.commit).await?;
+        info!(commit = %claim.tip.commit, "lock released");
+        Ok(Step::Cleanup {
+            once: Some(OnceResult::Error),
+            then_wait: self.config.poll_interval,
+        })
+    }
+
     fn nothing_to_do(&mut self, tip: String) -> Step {
         self.last_handled = Some(tip);
         if self.config.once {
@@ -463,6 +513,7 @@ impl Job {
     }
 
     async fn start_command(&mut self, claim: Claim) -> Result<Step, StepError> {
+        self.run_attempts += 1;
         self.workspace.reset_staging()?;
         let Some(script) = self.config.test_script.clone() else {
             return self.stage(claim, None).await;
@@ -589,6 +640,7 @@ impl Job {
         let commit = publication.tip.commit.clone();
         self.pending = Some(publication);
         self.held = None;
+        self.run_attempts = 0;
         Ok(Step::Push { commit })
     }
 
@@ -689,16 +741,14 @@ impl Job {
     }
 }
 
+/// A locked commit whose run or staging fails this often is given up.
+const MAX_RUN_ATTEMPTS: u32 = 3;
+
 /// How long a stopping job may spend handing back what it owns.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// With `-once`, a clone is tried this many times before giving up.
 const ONCE_CLONE_ATTEMPTS: u32 = 5;
-
-/// Delays in logs read better without sub-millisecond digits.
-pub(crate) fn round_to_millis(duration: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-}
 
 async fn sleep_or_forever(limit: Option<Duration>) {
     match limit {

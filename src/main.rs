@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use icyci::cli::{parse_args, usage, Invocation};
+use icyci::config::JobConfig;
 use icyci::machine::{Job, JobExit};
 use icyci::workspace::Workspace;
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
             println!("icyCI {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Ok(Invocation::Run(config)) => run(*config),
+        Ok(Invocation::Run(config)) => run(anchor_paths(*config)),
         Err(err) => {
             eprintln!("icyci: {err}");
             eprint!("{}", usage());
@@ -36,7 +37,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: icyci::config::JobConfig) -> ExitCode {
+/// Relative repository paths on the command line mean relative to where
+/// icyci was started, as in any shell command.
+fn anchor_paths(mut config: JobConfig) -> JobConfig {
+    let Ok(cwd) = std::env::current_dir() else {
+        return config;
+    };
+    config.source = config.source.anchored_at(&cwd);
+    config.results = config.results.anchored_at(&cwd);
+    if let Some(reference) = config.source_reference.as_mut() {
+        if std::path::Path::new(reference).is_relative() && !reference.contains("://") {
+            *reference = cwd.join(&*reference).to_string_lossy().into_owned();
+        }
+    }
+    config
+}
+
+fn run(config: JobConfig) -> ExitCode {
     init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -73,13 +90,14 @@ fn run(config: icyci::config::JobConfig) -> ExitCode {
     })
 }
 
-/// SIGTERM and SIGINT stop every job; SIGUSR1 is passed on to them.
+/// SIGTERM, SIGINT and SIGHUP stop every job; SIGUSR1 is passed on to them.
 fn watch_signals(
     shutdown: CancellationToken,
     usr1_sender: broadcast::Sender<()>,
 ) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     tokio::spawn(async move {
         loop {
@@ -90,6 +108,12 @@ fn watch_signals(
                 }
                 _ = int.recv() => {
                     tracing::info!("SIGINT received; stopping");
+                    shutdown.cancel();
+                }
+                // A closed terminal (or a script signalling $ICYCI_PID) must
+                // not kill the daemon outright and orphan the test.
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received; stopping");
                     shutdown.cancel();
                 }
                 _ = usr1.recv() => {
@@ -110,6 +134,10 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (a log pipe that went away) must not end the
+        // daemon: the default reports the failure with eprintln!, which
+        // panics on that same broken stderr.
+        .log_internal_errors(false)
         .with_target(false)
         .init();
 }

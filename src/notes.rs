@@ -15,6 +15,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::config::{BranchName, NotesNamespace};
+use crate::duration::{format_duration, round_to_millis};
 use crate::git::{parse_push_porcelain, Git, GitError, PushedRef};
 use crate::retry::Backoff;
 
@@ -132,7 +133,7 @@ impl NotesStore {
                     let delay = backoff.next_delay();
                     warn!(commit = %commit,
                         attempt,
-                        retry_in = ?delay,
+                        retry_in = %format_duration(round_to_millis(delay)),
                         "lock attempt failed: {err}"
                     );
                     last = err.to_string();

@@ -8,10 +8,15 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::BranchName;
+use crate::duration::{format_duration, round_to_millis};
 use crate::git::{Git, GitError, PushStatus};
 use crate::notes::{remote_ref_value, NotesStore};
 use crate::retry::Backoff;
 use crate::verify::VerifiedTip;
+
+/// Refused pushes retried almost at once before the backoff grows: enough
+/// for a few lost races against other instances.
+const QUICK_REFUSAL_RETRIES: u32 = 3;
 
 /// A note to add: its name in the namespace and the file with its content.
 #[derive(Debug, Clone)]
@@ -102,6 +107,7 @@ pub async fn publish(
     let mut needs_sync = true;
     let mut notes_pushed = false;
     let mut round: u32 = 0;
+    let mut refusals: u32 = 0;
 
     loop {
         round += 1;
@@ -119,12 +125,30 @@ pub async fn publish(
                 return Ok(());
             }
             Ok(false) => {
-                warn!(commit = %commit, round, "results push refused by the remote; fetching notes and retrying");
-                tokio::time::sleep(Backoff::race_delay(round)).await;
+                refusals += 1;
+                // A lost race is retried at once; a remote that keeps
+                // refusing (a hook, a full disk) is not hammered.
+                let delay = if refusals <= QUICK_REFUSAL_RETRIES {
+                    Backoff::race_delay(refusals)
+                } else {
+                    backoff.next_delay()
+                };
+                warn!(
+                    commit = %commit,
+                    round,
+                    retry_in = %format_duration(round_to_millis(delay)),
+                    "results push refused by the remote; fetching notes and retrying"
+                );
+                tokio::time::sleep(delay).await;
             }
             Err(err) => {
                 let delay = backoff.next_delay();
-                warn!(commit = %commit, round, retry_in = ?delay, "results push failed: {err}");
+                warn!(
+                    commit = %commit,
+                    round,
+                    retry_in = %format_duration(round_to_millis(delay)),
+                    "results push failed: {err}"
+                );
                 needs_sync = true;
                 tokio::time::sleep(delay).await;
             }
@@ -192,6 +216,13 @@ async fn push_round(
             *needs_sync = true;
         }
     }
+    // When the notes were refused too, the whole push was most likely
+    // refused (a hook, a race): keep the branch and tag for the next round
+    // rather than reading their refusal as final.
+    let status_of = |remote_ref: &str| match status_of(remote_ref) {
+        Some(PushStatus::Rejected(_)) if !*notes_pushed => None,
+        status => status,
+    };
     if let Some(update) = publication.branch.clone() {
         let status = status_of(&update.branch.full_ref());
         publication.branch = settle_branch(store, source, &commit, update, status).await?;

@@ -181,15 +181,23 @@ fn signal_group(group: Pid, signal: Signal) {
     }
 }
 
-/// Copies `input` to `file` (all of it) and to `passthrough` (best effort:
-/// a closed daemon stdout must not stop the capture).
-async fn tee<R, W>(mut input: R, mut file: tokio::fs::File, mut passthrough: W)
+/// Chunks of output waiting for the daemon's own stdout or stderr.
+const PASSTHROUGH_BACKLOG: usize = 16;
+
+/// Copies `input` to `file` (all of it) and to `passthrough` (best effort).
+/// The passthrough runs in a task of its own behind a bounded queue: a
+/// daemon stdout that is closed or read slowly (a stalled pipe, a paused
+/// terminal) drops passthrough output instead of stalling the capture, and
+/// with it the script.
+async fn tee<R, W>(mut input: R, mut file: tokio::fs::File, passthrough: W)
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
+    let (queue, backlog) = tokio::sync::mpsc::channel(PASSTHROUGH_BACKLOG);
+    let forwarder = tokio::spawn(forward(backlog, passthrough));
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut passthrough_open = true;
+    let mut dropped = 0usize;
     loop {
         let read = match input.read(&mut buffer).await {
             Ok(0) => break,
@@ -202,12 +210,33 @@ where
         if let Err(err) = file.write_all(&buffer[..read]).await {
             warn!("saving script output failed: {err}");
         }
-        if passthrough_open {
-            passthrough_open = passthrough.write_all(&buffer[..read]).await.is_ok();
-            let _ = passthrough.flush().await;
+        if queue.try_send(buffer[..read].to_vec()).is_err() {
+            if dropped == 0 {
+                warn!("icyci's own output is not being read; script output passthrough skipped");
+            }
+            dropped += read;
         }
     }
     if let Err(err) = file.flush().await {
         warn!("saving script output failed: {err}");
+    }
+    drop(queue);
+    let _ = tokio::time::timeout(Duration::from_secs(1), forwarder).await;
+    if dropped > 0 {
+        warn!("{dropped} bytes of script output were not passed through (the notes have them)");
+    }
+}
+
+async fn forward<W: AsyncWrite + Unpin>(
+    mut backlog: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut passthrough: W,
+) {
+    while let Some(chunk) = backlog.recv().await {
+        if passthrough.write_all(&chunk).await.is_err() {
+            // Closed: keep draining so that the capture never waits.
+            while backlog.recv().await.is_some() {}
+            return;
+        }
+        let _ = passthrough.flush().await;
     }
 }

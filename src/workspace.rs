@@ -1,6 +1,7 @@
 //! The per-process workspace: a fresh directory under `$TMPDIR` holding the
-//! clone and the notes staging directory, removed when the job ends (normal
-//! exit, SIGTERM or SIGINT, all of which return through `main`).
+//! clone and the notes staging directory, plus a private directory for the
+//! daemon's own files; all removed when the job ends (normal exit, SIGTERM,
+//! SIGINT or SIGHUP, all of which return through `main`).
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -12,17 +13,18 @@ use tempfile::TempDir;
 #[derive(Debug)]
 pub struct Workspace {
     root: TempDir,
+    private: TempDir,
 }
 
 impl Workspace {
-    /// Creates `$TMPDIR/icyci-workspace…` with its private directory.
+    /// Creates `$TMPDIR/icyci-workspace…`, and beside it the daemon's
+    /// private directory under a random name the script is not told.
     pub fn create() -> io::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix("icyci-workspace")
             .tempdir()?;
-        let workspace = Workspace { root };
-        make_private_dir(&workspace.private_dir())?;
-        Ok(workspace)
+        let private = tempfile::Builder::new().prefix("icyci-private").tempdir()?;
+        Ok(Workspace { root, private })
     }
 
     /// Workspace root.
@@ -41,10 +43,11 @@ impl Workspace {
     }
 
     /// The daemon's own files (captured output, verdict, copies of extra
-    /// notes). Outside the notes directory, so a script that swaps
-    /// `$ICYCI_NOTES_DIR` for a link cannot redirect or replace them.
+    /// notes). Not inside the workspace, so a script that swaps
+    /// `$ICYCI_NOTES_DIR` or its parent for a link cannot redirect or
+    /// replace them.
     pub fn private_dir(&self) -> PathBuf {
-        self.root().join("daemon")
+        self.private.path().to_owned()
     }
 
     /// Empties the notes and private directories for the next cycle. The
@@ -66,6 +69,50 @@ impl Workspace {
     }
 }
 
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // TempDir's own removal gives up on directories a test made
+        // unreadable; clear those first.
+        for dir in [self.root.path(), self.private.path()] {
+            if let Err(err) = remove_tree(dir) {
+                tracing::warn!(dir = %dir.display(), "workspace not removed: {err}");
+            }
+        }
+    }
+}
+
+/// Removes the directory tree at `path` (nothing if it does not exist),
+/// also when a test left directories without write or search permission
+/// (read-only module caches, `chmod 000` build trees): those are made
+/// accessible first. Links are removed, never followed.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+            make_accessible(path);
+            std::fs::remove_dir_all(path)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn make_accessible(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            make_accessible(&entry.path());
+        }
+    }
+}
+
 fn make_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
@@ -73,7 +120,7 @@ fn make_private_dir(dir: &Path) -> io::Result<()> {
 /// Removes a directory tree, or just the link if `path` is a symlink.
 fn remove_without_following(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(meta) if meta.is_dir() => remove_tree(path),
         Ok(_) => std::fs::remove_file(path),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err),

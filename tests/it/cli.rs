@@ -88,7 +88,7 @@ fn four_spellings_of_a_value_flag_and_of_once() {
         }
     }
     assert_eq!(fx.env.note_refs(&fx.results), expected);
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 #[test]
@@ -466,7 +466,7 @@ fn once_exit_codes_passed_failed_and_already_locked() {
     assert!(!daemon.stderr().contains("script passed"));
     assert_eq!(fx.env.git(&fx.results, ["for-each-ref"]), refs_before);
     assert_eq!(fx.note("locked", &passing), lock);
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 
     let failing = fx.script_commit("echo failing >&2\nexit 3\n");
     let (status, daemon) = fx.once(&[]);
@@ -479,7 +479,7 @@ fn once_exit_codes_passed_failed_and_already_locked() {
         fx.note("output.stderr", &failing).as_deref(),
         Some(&b"failing\n"[..])
     );
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 #[test]
@@ -503,7 +503,7 @@ fn once_exit_code_for_an_unsigned_tip() {
         !fx.env.home().join("ran").exists(),
         "the unsigned script ran"
     );
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 // ---- helpers ----
@@ -582,9 +582,9 @@ impl UsageFixture {
     /// No workspace was made, the results repository has no refs, the script never ran.
     fn assert_untouched(&self) {
         assert!(
-            self.fx.env.workspaces().is_empty(),
+            self.fx.env.daemon_dirs().is_empty(),
             "workspace made: {:?}",
-            self.fx.env.workspaces()
+            self.fx.env.daemon_dirs()
         );
         assert_eq!(self.fx.env.git(&self.fx.results, ["for-each-ref"]), "");
         assert!(!self.fx.env.home().join("ran").exists(), "the script ran");

@@ -54,7 +54,7 @@ fn separate_source_and_results_get_every_note_and_the_branch() {
     // The script's output is passed through to the daemon's own stdout and stderr.
     assert!(daemon.stdout().contains("to stdout\n"));
     assert!(daemon.stderr().contains("to stderr\n"));
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 #[test]
@@ -357,7 +357,7 @@ fn await_command_timeout_fails_the_run_and_kills_its_processes() {
             !process_alive(pid)
         });
     }
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 #[test]
@@ -402,9 +402,9 @@ fn signal_mid_run(sig: &str) {
         });
     }
     assert!(
-        fx.env.workspaces().is_empty(),
+        fx.env.daemon_dirs().is_empty(),
         "workspace left behind: {:?}",
-        fx.env.workspaces()
+        fx.env.daemon_dirs()
     );
 
     // The interrupted run's lock is released, so that the commit is tested again: the original
@@ -439,7 +439,7 @@ fn sigterm_while_polling_exits_zero_and_removes_the_workspace() {
     daemon.signal("TERM");
     let status = daemon.expect_exit(LONG);
     assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 #[test]
@@ -488,7 +488,7 @@ fn source_reference_clones_through_alternates() {
     );
     stop(&mut daemon, "TERM");
     assert!(fx.env.git(&fx.results, ["for-each-ref"]).is_empty());
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 #[test]
@@ -736,7 +736,7 @@ fn workspace_is_removed_after_once() {
         .to_string_lossy()
         .starts_with("icyci-workspace"));
     assert!(!workspace.exists(), "{} still exists", workspace.display());
-    assert!(fx.env.workspaces().is_empty());
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 // ---- shared helpers (also used by cli.rs) ----

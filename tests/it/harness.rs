@@ -43,7 +43,7 @@ fn command_environment_is_isolated() {
         env.git(&work, ["config", "--show-origin", "user.name"]),
         format!("file:{}\ticyci test", env.gitconfig().display())
     );
-    assert!(env.workspaces().is_empty());
+    assert!(env.daemon_dirs().is_empty());
     TcpListener::bind(("127.0.0.1", free_port())).expect("free_port gives a free port");
 }
 

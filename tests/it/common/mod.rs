@@ -141,15 +141,20 @@ impl TestEnv {
 
     /// Entries of `TMPDIR` whose name starts with `icyci-workspace`, sorted.
     pub fn workspaces(&self) -> Vec<PathBuf> {
+        self.tmp_entries("icyci-workspace")
+    }
+
+    /// Everything a daemon leaves in `TMPDIR` until it exits: its workspaces and its private
+    /// directories (`icyci-private*`), sorted.
+    pub fn daemon_dirs(&self) -> Vec<PathBuf> {
+        self.tmp_entries("icyci-")
+    }
+
+    fn tmp_entries(&self, prefix: &str) -> Vec<PathBuf> {
         let mut found: Vec<PathBuf> = fs::read_dir(self.tmp())
             .expect("read TMPDIR")
             .map(|entry| entry.expect("read a TMPDIR entry"))
-            .filter(|entry| {
-                entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("icyci-workspace")
-            })
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
             .map(|entry| entry.path())
             .collect();
         found.sort();
