@@ -244,6 +244,8 @@ impl Job {
         };
         loop {
             if let Step::Exit(result) = step {
+                // A -once run that gave up may still own a lock or results.
+                self.hand_back().await;
                 info!(
                     "cycle done with -once; exiting with status {}",
                     result as u8
@@ -332,9 +334,12 @@ impl Job {
                 once: None,
                 then_wait: delay,
             },
+            // Staged results live in the clone's object store: push them
+            // before the clone may be replaced.
+            State::Cleanup if self.pending.is_some() => Step::Poll { wait: delay },
             // These only touch the clone and the workspace, so the script
             // (or the disk) has damaged them: start over from a fresh clone.
-            // A lock held or results staged are kept and taken up again.
+            // A lock held is kept, and its commit run again.
             State::StartCommand | State::AwaitCommand | State::Cleanup => {
                 warn!("cloning the source again");
                 Step::Clone { delay }
@@ -694,7 +699,13 @@ impl Job {
             run.terminate().await;
         }
         self.running = None;
+        self.hand_back().await;
+        info!("job stopped");
+    }
 
+    /// Before the job ends: finished results get a bounded last attempt to
+    /// be pushed; the lock of a run that did not finish is released.
+    async fn hand_back(&mut self) {
         if let Some(publication) = self.pending.as_mut() {
             let commit = publication.tip.commit.clone();
             let attempt = publish(&self.store, &self.source, publication);
@@ -722,7 +733,6 @@ impl Job {
                 ),
             }
         }
-        info!("job stopped");
     }
 
     async fn source_tip(&self) -> Result<String, GitError> {
