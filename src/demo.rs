@@ -26,12 +26,8 @@ printf 'files: %s\n' "$(git ls-files | wc -l)" > "$ICYCI_NOTES_DIR/summary"
 
 const HELLO_C: &str = "#include <stdio.h>\n\nint main(void)\n{\n\tputs(\"hello from the tested commit\");\n\treturn 0;\n}\n";
 
-/// Runs the demo; `args` must be empty.
-pub fn main(args: &[String]) -> ExitCode {
-    if let Some(extra) = args.first() {
-        eprintln!("icyci demo: unexpected argument {extra:?}");
-        return ExitCode::from(2);
-    }
+/// Runs the demo.
+pub fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(err) => {

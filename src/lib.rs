@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod duration;
@@ -21,8 +22,11 @@ pub mod machine;
 pub mod notes;
 pub mod notes_dir;
 pub mod publish;
+pub mod reader;
 pub mod retry;
 pub mod runner;
+pub mod site;
 pub mod state;
 pub mod verify;
+pub mod viewer;
 pub mod workspace;

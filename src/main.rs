@@ -3,7 +3,9 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use icyci::cli::{parse_args, usage, Invocation};
+use icyci::commands::{Action, Command, SUBCOMMANDS};
 use icyci::config::JobConfig;
 use icyci::machine::{Job, JobExit};
 use icyci::workspace::Workspace;
@@ -16,8 +18,11 @@ const USAGE_EXIT: u8 = 2;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("demo") {
-        return icyci::demo::main(&args[1..]);
+    if args
+        .first()
+        .is_some_and(|first| SUBCOMMANDS.contains(&first.as_str()))
+    {
+        return run_subcommand(Command::parse_from(std::env::args()));
     }
     match parse_args(args) {
         Ok(Invocation::Help) => {
@@ -34,6 +39,16 @@ fn main() -> ExitCode {
             eprint!("{}", usage());
             ExitCode::from(USAGE_EXIT)
         }
+    }
+}
+
+fn run_subcommand(command: Command) -> ExitCode {
+    match command.action {
+        Action::Demo => icyci::demo::main(),
+        Action::Results(args) => icyci::viewer::results(args),
+        Action::Show(args) => icyci::viewer::show(args),
+        Action::Status(args) => icyci::viewer::status(args),
+        Action::Site(args) => icyci::site::site(args),
     }
 }
 

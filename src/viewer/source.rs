@@ -1,0 +1,312 @@
+//! Where the results are read from: a local repository, a remote of the
+//! local repository, or a URL mirrored into the user's cache directory.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::commands::RepoArgs;
+use crate::config::mask_credentials;
+use crate::git::{is_valid_branch_name, Git, GitError};
+use crate::reader::ResultsReader;
+
+/// A results source that cannot be read.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    /// The path is not a git repository.
+    #[error("{0} is not a git repository")]
+    NotARepository(String),
+    /// Fetching from a URL or remote failed.
+    #[error("cannot fetch results from {from}: {reason}")]
+    Fetch {
+        /// The URL (credentials masked) or remote name.
+        from: String,
+        /// Git's message.
+        reason: String,
+    },
+    /// The branch does not exist there.
+    #[error("no branch {branch:?} in {place}")]
+    NoBranch {
+        /// The branch asked for.
+        branch: String,
+        /// Where it was looked for.
+        place: String,
+    },
+    /// No branch was given and none could be chosen.
+    #[error("cannot tell which branch to show in {0}; choose one with --branch")]
+    AmbiguousBranch(String),
+    /// A name that git would refuse, or that could be read as an option.
+    #[error("invalid {what} {name:?}")]
+    InvalidName {
+        /// What kind of name.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// No cache directory (neither XDG_CACHE_HOME nor HOME is set).
+    #[error("no cache directory: set XDG_CACHE_HOME or HOME")]
+    NoCache,
+    /// Creating the cache failed.
+    #[error("cannot create the cache {path}: {source}")]
+    Cache {
+        /// The cache directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Any other git failure.
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// An opened results source: a reader and the revision whose commits to show.
+#[derive(Debug, Clone)]
+pub struct ResultsSource {
+    /// Reads the notes.
+    pub reader: ResultsReader,
+    /// The branch (full ref) or `HEAD` whose history is listed.
+    pub rev: String,
+    /// Where the results come from, for titles and messages (no secrets).
+    pub label: String,
+}
+
+/// Opens the source named by `repo` (see [`RepoArgs`]) and picks the
+/// branch to show: `branch` when given, else a sensible default.
+pub async fn open(repo: &RepoArgs, branch: Option<&str>) -> Result<ResultsSource, SourceError> {
+    if let Some(branch) = branch {
+        if !is_valid_branch_name(branch) {
+            return Err(SourceError::InvalidName {
+                what: "branch name",
+                name: branch.to_owned(),
+            });
+        }
+    }
+    match (&repo.repo, &repo.remote) {
+        (Some(location), _) if Path::new(location).is_dir() => {
+            open_local(Path::new(location), branch).await
+        }
+        (Some(url), _) => open_url(url, branch).await,
+        (None, Some(remote)) => open_remote(remote, branch).await,
+        (None, None) => open_local(Path::new("."), branch).await,
+    }
+}
+
+/// A repository on disk, read in place.
+async fn open_local(path: &Path, branch: Option<&str>) -> Result<ResultsSource, SourceError> {
+    let git = Git::new(path);
+    let label = path.display().to_string();
+    ensure_repository(&git, &label).await?;
+    let rev = pick_branch(&git, branch, "refs/heads/", &label).await?;
+    Ok(ResultsSource {
+        reader: ResultsReader::new(git, "refs/notes/"),
+        rev,
+        label,
+    })
+}
+
+/// The notes of `remote` of the repository in the current directory,
+/// fetched into `refs/icyci/remotes/<remote>/notes/` so that the user's own
+/// `refs/notes/*` are never rewritten. By hand:
+/// `git fetch <remote> '+refs/notes/*:refs/icyci/remotes/<remote>/notes/*'`.
+async fn open_remote(remote: &str, branch: Option<&str>) -> Result<ResultsSource, SourceError> {
+    if remote.starts_with('-') || !is_valid_branch_name(remote) || remote.contains('/') {
+        return Err(SourceError::InvalidName {
+            what: "remote name",
+            name: remote.to_owned(),
+        });
+    }
+    let git = Git::new(".");
+    ensure_repository(&git, ".").await?;
+    let prefix = format!("refs/icyci/remotes/{remote}/notes/");
+    let fetched = git
+        .command("fetch")
+        .args(["--quiet", "--no-tags", "--prune", "--no-write-fetch-head"])
+        .positional([remote.to_owned(), format!("+refs/notes/*:{prefix}*")])
+        .output()
+        .await?;
+    if !fetched.status.success() {
+        return Err(SourceError::Fetch {
+            from: remote.to_owned(),
+            reason: fetched.stderr,
+        });
+    }
+    let rev = match branch {
+        Some(name) => pick_branch(&git, Some(name), &format!("refs/remotes/{remote}/"), remote)
+            .await
+            .or(pick_branch(&git, Some(name), "refs/heads/", ".").await)?,
+        None => {
+            let current = current_branch(&git).await;
+            let tracking = current.map(|b| format!("refs/remotes/{remote}/{b}"));
+            match tracking {
+                Some(tracking) if ref_exists(&git, &tracking).await => tracking,
+                _ => "HEAD".to_owned(),
+            }
+        }
+    };
+    Ok(ResultsSource {
+        reader: ResultsReader::new(git, prefix),
+        rev,
+        label: remote.to_owned(),
+    })
+}
+
+/// A URL: mirrored (notes and branches) into a bare repository in the
+/// user's cache directory, updated incrementally on every call.
+async fn open_url(url: &str, branch: Option<&str>) -> Result<ResultsSource, SourceError> {
+    let label = mask_credentials(url).into_owned();
+    if url.starts_with('-') {
+        return Err(SourceError::InvalidName {
+            what: "repository",
+            name: label,
+        });
+    }
+    let cache = cache_dir_for(url)?;
+    if !cache.join("HEAD").exists() {
+        std::fs::create_dir_all(&cache).map_err(|source| SourceError::Cache {
+            path: cache.display().to_string(),
+            source,
+        })?;
+        Git::new(&cache)
+            .command("init")
+            .args(["--quiet", "--bare"])
+            .run()
+            .await?;
+    }
+    let git = Git::new(&cache);
+    let fetched = git
+        .command("fetch")
+        .args(["--quiet", "--no-tags", "--prune", "--no-write-fetch-head"])
+        .positional([
+            url,
+            "+refs/notes/*:refs/notes/*",
+            "+refs/heads/*:refs/heads/*",
+        ])
+        .output()
+        .await?;
+    if !fetched.status.success() {
+        let reason = mask_credentials(&fetched.stderr.replace('\n', " | ")).into_owned();
+        return Err(SourceError::Fetch {
+            from: label,
+            reason,
+        });
+    }
+    let rev = pick_branch(&git, branch, "refs/heads/", &label).await?;
+    Ok(ResultsSource {
+        reader: ResultsReader::new(git, "refs/notes/"),
+        rev,
+        label,
+    })
+}
+
+async fn ensure_repository(git: &Git, label: &str) -> Result<(), SourceError> {
+    let check = git.command("rev-parse").arg("--git-dir").output().await?;
+    if check.status.success() {
+        Ok(())
+    } else {
+        Err(SourceError::NotARepository(label.to_owned()))
+    }
+}
+
+/// `<prefix><branch>` when given; otherwise HEAD if it resolves, else the
+/// only branch, else `main` or `master`.
+async fn pick_branch(
+    git: &Git,
+    branch: Option<&str>,
+    prefix: &str,
+    label: &str,
+) -> Result<String, SourceError> {
+    if let Some(name) = branch {
+        let full = format!("{prefix}{name}");
+        return if ref_exists(git, &full).await {
+            Ok(full)
+        } else {
+            Err(SourceError::NoBranch {
+                branch: name.to_owned(),
+                place: label.to_owned(),
+            })
+        };
+    }
+    if ref_exists(git, "HEAD").await {
+        return Ok("HEAD".to_owned());
+    }
+    let listing = git
+        .command("for-each-ref")
+        .arg("--format=%(refname)")
+        .positional([prefix])
+        .run()
+        .await?;
+    let branches: Vec<&str> = listing.lines().collect();
+    let preferred = ["main", "master"].map(|b| format!("{prefix}{b}"));
+    match branches.as_slice() {
+        [only] => Ok((*only).to_owned()),
+        _ => preferred
+            .into_iter()
+            .find(|b| branches.contains(&b.as_str()))
+            .ok_or_else(|| SourceError::AmbiguousBranch(label.to_owned())),
+    }
+}
+
+async fn ref_exists(git: &Git, rev: &str) -> bool {
+    let commit = format!("{rev}^{{commit}}");
+    git.command("rev-parse")
+        .args(["--verify", "--quiet", "--end-of-options"])
+        .arg(commit)
+        .output()
+        .await
+        .is_ok_and(|out| out.status.success())
+}
+
+async fn current_branch(git: &Git) -> Option<String> {
+    let name = git
+        .command("symbolic-ref")
+        .args(["--quiet", "--short", "HEAD"])
+        .run()
+        .await;
+    name.ok().filter(|n| !n.is_empty())
+}
+
+/// `$XDG_CACHE_HOME/icyci/results/<name>.git`, the name derived from the
+/// URL without its credentials.
+fn cache_dir_for(url: &str) -> Result<PathBuf, SourceError> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or(SourceError::NoCache)?;
+    Ok(base.join("icyci").join("results").join(cache_name(url)))
+}
+
+fn cache_name(url: &str) -> String {
+    let without_secret = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_part = rest.split_once('@').map_or(rest, |(_, after)| after);
+            format!("{scheme}_{host_part}")
+        }
+        None => url.to_owned(),
+    };
+    let name: String = without_secret
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}.git", name.trim_matches(|c| c == '_' || c == '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_names_drop_credentials() {
+        assert_eq!(
+            cache_name("https://bot:token@example.org/ci/results.git"),
+            "https_example.org_ci_results.git.git"
+        );
+        assert_eq!(cache_name("ssh://git@h:22/r"), "ssh_h_22_r.git");
+    }
+}
