@@ -102,7 +102,11 @@ fn run(config: JobConfig) -> ExitCode {
             JobExit::Stopped => ExitCode::SUCCESS,
             JobExit::Once(result) => ExitCode::from(result as u8),
         }
-    })
+    });
+    // Passing script output through to a stdout nobody reads leaves a
+    // runtime thread blocked in write(2); the job is done, so do not wait.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    status
 }
 
 /// SIGTERM, SIGINT and SIGHUP stop every job; SIGUSR1 is passed on to them.

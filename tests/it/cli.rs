@@ -2,11 +2,11 @@
 //! (exit 2, one `icyci:` line then the usage on stderr, nothing touched), branch names,
 //! `-v`, `-h`, and the exit codes of `-once`.
 
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::common::{require_tool, Daemon, Sign};
-use crate::cycle::{assert_lock_note, failed_text, Fixture};
+use crate::cycle::{assert_lock_note, failed_text, Fixture, PipedDaemon};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -438,6 +438,116 @@ fn invalid_branch_names_are_refused() {
             "invalid branch name",
         );
     }
+}
+
+#[test]
+fn empty_values_are_refused() {
+    let Some(fx) = usage_fixture() else {
+        return;
+    };
+    for (args, reason) in [
+        (
+            &["-source-reference="][..],
+            "invalid source reference: empty path",
+        ),
+        (
+            &["-source-reference", ""],
+            "invalid source reference: empty path",
+        ),
+        (
+            &["--source-reference="],
+            "invalid source reference: empty path",
+        ),
+        (&["-test-script="], "invalid test script: empty path"),
+        (&["-source-repo="], "invalid repository \"\": empty"),
+        (&["-results-repo="], "invalid repository \"\": empty"),
+        (&["-notes-ns="], "invalid notes namespace \"\""),
+    ] {
+        let mut all = vec!["-once"];
+        all.extend_from_slice(args);
+        fx.usage_error(&fx.args(&all), reason);
+    }
+}
+
+/// Relative repository paths mean relative to the directory icyci was started in, as for any
+/// shell command, not to the workspace its git commands run in.
+#[test]
+fn relative_repository_paths_mean_relative_to_the_current_directory() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let commit = fx.script_commit("echo relative\n");
+    let repos = fx.env.path("repos");
+    let source = fx.env.bare_repo("repos/src.git");
+    let results = fx.env.bare_repo("repos/res.git");
+    fx.env.push(&fx.work, &source, &["main"]);
+
+    let mut cmd = fx.env.icyci();
+    cmd.args([
+        "-source-repo",
+        "src.git",
+        "-results-repo",
+        "res.git",
+        "-test-script",
+        "test.sh",
+        "-once",
+    ])
+    .current_dir(&repos);
+    let mut daemon = fx.env.spawn_logged(cmd, "icyci");
+    let status = daemon.expect_exit(LONG);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    assert_eq!(
+        fx.env
+            .note_text(&results, "icyci", "result.passed", &commit)
+            .as_deref(),
+        Some("test.sh completed successfully\n")
+    );
+    assert_eq!(
+        fx.env
+            .note(&results, "icyci", "output.stdout", &commit)
+            .as_deref(),
+        Some(&b"relative\n"[..])
+    );
+    assert_lock_note(&fx.env, &results, "icyci", &commit);
+    assert_eq!(fx.env.rev_parse(&results, "refs/heads/main"), commit);
+    assert!(fx.env.daemon_dirs().is_empty());
+}
+
+/// A log pipe that went away (stderr closed) must not crash the daemon: every log line then
+/// fails to be written, and the run still completes and exits normally (101 would be a panic).
+#[test]
+fn a_closed_stderr_does_not_crash_the_daemon() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let commit = fx.script_commit("echo out\necho err >&2\n");
+    let mut cmd = fx.env.icyci();
+    cmd.args(fx.args(&["-once"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut daemon = PipedDaemon::spawn(cmd);
+    // The read end is closed: writes to the daemon's stderr fail with EPIPE.
+    drop(daemon.child.stderr.take().expect("stderr was piped"));
+    let status = daemon
+        .wait_exit(LONG)
+        .unwrap_or_else(|| panic!("icyci still running after {LONG:?}"));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert_eq!(
+        fx.note_text("result.passed", &commit).as_deref(),
+        Some("test.sh completed successfully\n")
+    );
+    assert_eq!(
+        fx.note("output.stdout", &commit).as_deref(),
+        Some(&b"out\n"[..])
+    );
+    assert_eq!(
+        fx.note("output.stderr", &commit).as_deref(),
+        Some(&b"err\n"[..])
+    );
+    assert_lock_note(&fx.env, &fx.results, "icyci", &commit);
+    assert!(fx.env.daemon_dirs().is_empty());
 }
 
 #[test]

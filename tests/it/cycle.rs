@@ -4,10 +4,10 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::common::{process_alive, require_tool, wait_for, Daemon, Sign, TestEnv};
+use crate::common::{descendants, process_alive, require_tool, wait_for, Daemon, Sign, TestEnv};
 
 /// Generous deadline for anything the daemon does (the machine is shared with other tests).
 const LONG: Duration = Duration::from_secs(30);
@@ -368,6 +368,14 @@ fn sigterm_mid_run_stops_the_script_and_removes_the_workspace() {
 #[test]
 fn sigint_mid_run_stops_the_script_and_removes_the_workspace() {
     signal_mid_run("INT");
+}
+
+/// A closed terminal, or a script signalling `$ICYCI_PID`, sends SIGHUP: it must stop the daemon
+/// like SIGTERM (script group gone, exit 0, nothing left in TMPDIR, lock released) rather than
+/// kill it outright (status 129) and orphan the script.
+#[test]
+fn sighup_mid_run_stops_the_script_and_removes_the_workspace() {
+    signal_mid_run("HUP");
 }
 
 fn signal_mid_run(sig: &str) {
@@ -739,6 +747,230 @@ fn workspace_is_removed_after_once() {
     assert!(fx.env.daemon_dirs().is_empty());
 }
 
+/// The daemon passes the script's output through to its own stdout. When nobody reads that (a
+/// stalled pipe, a paused terminal), the capture into the notes must go on regardless: the
+/// script is not blocked, the run ends in time, the stdout note is complete, and `-once` exits.
+#[test]
+fn a_stalled_reader_of_the_daemons_stdout_does_not_stall_the_script() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut run = StalledStdoutRun::start(&fx);
+    run.assert_complete_notes(&fx);
+    let status = run
+        .daemon
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| {
+            panic!(
+                "icyci -once did not exit after pushing its results\n{}",
+                run.log()
+            )
+        });
+    assert_eq!(status.code(), Some(0), "{}", run.log());
+    assert!(fx.env.daemon_dirs().is_empty());
+}
+
+/// The part of [`a_stalled_reader_of_the_daemons_stdout_does_not_stall_the_script`] that works
+/// today: with nobody reading the daemon's stdout the run is still captured in full and in time.
+#[test]
+fn a_stalled_reader_of_the_daemons_stdout_does_not_cut_the_notes() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut run = StalledStdoutRun::start(&fx);
+    run.assert_complete_notes(&fx);
+}
+
+/// `icyci -once` whose script prints 4 MiB on stdout, with the daemon's stdout a pipe that is
+/// never read (it fills up after 64 KiB and stays full) but kept open. 4 MiB is well beyond
+/// what the pipe and the daemon's passthrough backlog (16 reads of up to 64 KiB) can hold, so
+/// a passthrough that waits for room instead of dropping output is caught too.
+struct StalledStdoutRun {
+    daemon: PipedDaemon,
+    _unread_stdout: std::process::ChildStdout,
+    stderr_log: PathBuf,
+    commit: String,
+}
+
+impl StalledStdoutRun {
+    const SIZE: usize = 4 * 1024 * 1024;
+
+    fn start(fx: &Fixture) -> StalledStdoutRun {
+        let commit = fx.script_commit("head -c 4194304 /dev/zero | tr '\\0' 'x'\n");
+        let stderr_log = fx.env.logs().join("icyci-stalled-stdout.stderr");
+        let mut cmd = fx.env.icyci();
+        cmd.args(fx.args(&["-once", "-timeout=await-command:20s"]))
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr_log).expect("create the stderr log"));
+        let mut daemon = PipedDaemon::spawn(cmd);
+        let unread_stdout = daemon.child.stdout.take().expect("stdout was piped");
+        StalledStdoutRun {
+            daemon,
+            _unread_stdout: unread_stdout,
+            stderr_log,
+            commit,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Waits for the verdict, well before the script's 20 s timeout (where a capture blocked by
+    /// the passthrough would end), and checks it passed with the whole output in its stdout note.
+    fn assert_complete_notes(&mut self, fx: &Fixture) {
+        let commit = self.commit.clone();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while fx.note("result.passed", &commit).is_none()
+            && fx.note("result.failed", &commit).is_none()
+        {
+            if let Some(status) = self.daemon.child.try_wait().expect("try_wait on icyci") {
+                panic!("icyci exited ({status}) without a verdict\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no verdict note after 15 s\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let commit = &commit;
+        assert_eq!(
+            fx.note_text("result.passed", commit).as_deref(),
+            Some("test.sh completed successfully\n"),
+            "{}",
+            self.log()
+        );
+        assert_eq!(fx.note("result.failed", commit), None);
+        let stdout = fx.note("output.stdout", commit).expect("stdout note");
+        assert_eq!(
+            stdout.len(),
+            Self::SIZE,
+            "the stdout note was cut\n{}",
+            self.log()
+        );
+        assert!(stdout.iter().all(|&b| b == b'x'), "stdout note content");
+    }
+}
+
+/// A script that deletes the daemon's clone leaves it unable to record results. The daemon
+/// clones again and retries the commit, gives it up after 3 attempts (releasing its lock), and
+/// goes on with the next commit, without spinning on the broken clone meanwhile.
+#[test]
+fn a_script_that_deletes_the_clone_does_not_wedge_the_daemon() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let runs = fx.env.path("runs");
+    let broken = fx.script_commit(&format!("echo run >> '{}'\nrm -rf .git\n", runs.display()));
+    let mut daemon = fx.spawn(&[]);
+    daemon.wait_for_stderr("giving up on this commit after 3 attempts", LONG);
+    assert_eq!(
+        fs::read_to_string(&runs).unwrap_or_default(),
+        "run\nrun\nrun\n",
+        "the commit is run 3 times"
+    );
+
+    let next = fx.script_commit("echo ok\n");
+    fx.wait_passed(&mut daemon, &next);
+    assert_eq!(
+        fx.note("output.stdout", &next).as_deref(),
+        Some(&b"ok\n"[..])
+    );
+    assert_eq!(
+        fx.note("locked", &broken),
+        None,
+        "the given-up commit is still locked\n{}",
+        daemon.logs_for_humans()
+    );
+    let stderr = daemon.stderr();
+    let failures = stderr.lines().filter(|l| l.contains("failed")).count();
+    assert!(
+        failures <= 30,
+        "{failures} lines with `failed`: the daemon looped on an error\n{}",
+        daemon.logs_for_humans()
+    );
+    assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+}
+
+/// A stale `.git/index.lock` left by a script makes the next checkout fail; the daemon clones
+/// again instead of retrying the checkout forever, so the next commit is still tested.
+#[test]
+fn a_lock_file_left_in_the_clone_does_not_block_the_next_commit() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let first = fx.script_commit("touch .git/index.lock\n");
+    let mut daemon = fx.spawn(&[]);
+    fx.wait_passed(&mut daemon, &first);
+
+    let second = fx.script_commit("echo ok\n");
+    fx.wait_passed(&mut daemon, &second);
+    // Its own script ran, so its checkout worked.
+    assert_eq!(
+        fx.note("output.stdout", &second).as_deref(),
+        Some(&b"ok\n"[..])
+    );
+    assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+}
+
+/// The script may replace everything beside its checkout in the workspace with links to files
+/// of its own; the daemon's captured output and verdict must not be among what it can swap.
+#[test]
+fn the_script_cannot_swap_the_daemons_own_files() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let forged = fx.env.path("forged");
+    fs::create_dir(&forged).expect("create the forged directory");
+    for name in ["stdout", "stderr", "verdict"] {
+        fs::write(forged.join(name), format!("FORGED {name}\n")).expect("write a forged file");
+    }
+    let commit = fx.script_commit(&format!(
+        "workspace=$(dirname \"$ICYCI_NOTES_DIR\")\n\
+         for entry in \"$workspace\"/* \"$workspace\"/.[!.]*; do\n\
+         \x20 [ -e \"$entry\" ] || [ -L \"$entry\" ] || continue\n\
+         \x20 [ \"${{entry##*/}}\" = source ] && continue\n\
+         \x20 rm -rf \"$entry\" && ln -s '{}' \"$entry\" && echo \"swapped ${{entry##*/}}\" >&2\n\
+         done\n\
+         echo 'real output'\n",
+        forged.display()
+    ));
+    let (status, daemon) = fx.once(&[]);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    assert!(
+        daemon.stderr().contains("swapped notes"),
+        "the script did not swap the workspace entries\n{}",
+        daemon.logs_for_humans()
+    );
+    assert_eq!(
+        fx.note_text("output.stdout", &commit).as_deref(),
+        Some("real output\n"),
+        "{}",
+        daemon.logs_for_humans()
+    );
+    assert_eq!(
+        fx.note_text("result.passed", &commit).as_deref(),
+        Some("test.sh completed successfully\n")
+    );
+    assert_eq!(fx.note("result.failed", &commit), None);
+    let stderr_note = fx.note_text("output.stderr", &commit).expect("stderr note");
+    assert!(!stderr_note.contains("FORGED"), "{stderr_note:?}");
+    // Nothing was written or removed through the links.
+    for name in ["stdout", "stderr", "verdict"] {
+        assert_eq!(
+            fs::read_to_string(forged.join(name)).expect("read a forged file"),
+            format!("FORGED {name}\n")
+        );
+    }
+    assert!(fx.env.daemon_dirs().is_empty());
+}
+
 // ---- shared helpers (also used by cli.rs) ----
 
 /// A test environment with a GnuPG key, a work repository `work`, and two bare repositories:
@@ -868,6 +1100,56 @@ impl Fixture {
             "{}",
             daemon.logs_for_humans()
         );
+    }
+}
+
+/// An `icyci` started without [`Daemon`], for the tests that need its stdout or stderr as a
+/// pipe. On drop it is killed, with everything it started, if it still runs.
+pub(crate) struct PipedDaemon {
+    pub child: Child,
+}
+
+impl PipedDaemon {
+    /// Starts `cmd` as it is (standard streams included).
+    pub fn spawn(mut cmd: Command) -> PipedDaemon {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        PipedDaemon { child }
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, `None` if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on icyci") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PipedDaemon {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let pids = descendants(self.child.id());
+        let _ = self.child.kill();
+        if !pids.is_empty() {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL"])
+                .args(pids.iter().map(u32::to_string))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.wait();
     }
 }
 

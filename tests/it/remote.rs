@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    free_port, require_tool, wait_for, write_script, Daemon, GitDaemon, Sign, Sshd, TestEnv,
+    free_port, require_tool, wait_for, write_script, Daemon, GitDaemon, Sign, Sshd, TagKind,
+    TestEnv,
 };
+use crate::verify::ref_value;
 
 /// Deadline for anything that normally takes a second or two, generous because other tests
 /// share the machine.
@@ -499,6 +501,60 @@ fn results_push_race_keeps_both_notes() {
             .as_deref(),
         Some("from the other instance\n"),
         "the other instance's note survives"
+    );
+}
+
+/// A results push refused as a whole (here by a hook, as for a lost race) is retried with
+/// everything it carried: the branch and the verified tag too, not only the notes.
+#[test]
+fn a_refused_push_keeps_the_branch_and_tag_for_the_next_round() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let (env, fpr) = signed_env();
+    let source = env.bare_repo("src.git");
+    let results = env.bare_repo("results.git");
+    let work = env.work_repo("work");
+    let commit = env.commit(&work, "unsigned, with a signed tag", Sign::None);
+    let tag = env.tag(&work, "v1", &commit, TagKind::Gpg(fpr));
+    env.push(&work, &source, &["main", "refs/tags/v1"]);
+    // Push 1 is the lock, push 2 the results: refuse exactly that one.
+    let pushes = env.path("results-pushes");
+    write_script(
+        results.join("hooks/pre-receive"),
+        &format!(
+            "cat > /dev/null\n\
+             n=$(( $(cat '{count}' 2>/dev/null || echo 0) + 1 ))\n\
+             echo \"$n\" > '{count}'\n\
+             if [ \"$n\" -eq 2 ]; then echo 'refusing push 2' >&2; exit 1; fi\n",
+            count = pushes.display()
+        ),
+    );
+    let script = tip_script(&env);
+
+    let mut daemon = env.spawn_icyci(args(
+        &source.to_string_lossy(),
+        &results.to_string_lossy(),
+        &script,
+        &["-once"],
+    ));
+
+    assert_exit(&mut daemon, 0, QUICK);
+    let log = daemon.stderr();
+    assert!(
+        log.contains("results push refused by the remote"),
+        "the results push was not the refused one:\n{log}"
+    );
+    assert_complete_notes(&env, &results, &commit, &script);
+    assert_eq!(
+        ref_value(&env, &results, "refs/heads/main").as_deref(),
+        Some(commit.as_str()),
+        "the branch was dropped after the refused round:\n{log}"
+    );
+    assert_eq!(
+        ref_value(&env, &results, "refs/tags/v1").as_deref(),
+        Some(tag.as_str()),
+        "the tag was dropped after the refused round:\n{log}"
     );
 }
 
