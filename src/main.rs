@@ -80,7 +80,7 @@ fn run(config: JobConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let status = runtime.block_on(async {
         let workspace = match Workspace::create() {
             Ok(workspace) => workspace,
             Err(err) => {
