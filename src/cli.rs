@@ -6,6 +6,7 @@
 //! the daemon flags are parsed here by hand; subcommands (`icyci demo`) use
 //! clap in `main.rs`. Parsing does no I/O.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -71,7 +72,7 @@ enum Kind {
 }
 
 /// Every daemon flag: name, kind, the value's placeholder in the usage, help.
-const FLAGS: [(&str, Kind, &str, &str); 13] = [
+const FLAGS: [(&str, Kind, &str, &str); 14] = [
     (
         "source-repo",
         Kind::Value,
@@ -131,6 +132,12 @@ const FLAGS: [(&str, Kind, &str, &str); 13] = [
         Kind::Value,
         "PATH",
         "repository passed to the first clone as --reference",
+    ),
+    (
+        "site-dir",
+        Kind::Value,
+        "DIR",
+        "after each push, refresh a static HTML site of the results in DIR",
     ),
     (
         "once",
@@ -289,6 +296,10 @@ impl RawFlags {
                 other => other.map(str::to_owned),
             },
             once: self.flag("once"),
+            site_dir: match self.get("site-dir") {
+                Some("") => return Err(ConfigError::EmptySiteDir.into()),
+                other => other.map(PathBuf::from),
+            },
         })
     }
 }
@@ -310,6 +321,8 @@ fn parse_timeout_spec(spec: &str) -> Result<Duration, UsageError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn run(args: &[&str]) -> Result<JobConfig, UsageError> {
@@ -434,5 +447,19 @@ mod tests {
         assert!(matches!(parse_args(["-h"]), Ok(Invocation::Help)));
         assert!(matches!(parse_args(["--help"]), Ok(Invocation::Help)));
         assert!(matches!(parse_args(["-v"]), Ok(Invocation::Version)));
+    }
+
+    #[test]
+    fn site_dir() {
+        assert_eq!(run(&BASE).expect("valid").site_dir, None);
+        let mut args = BASE.to_vec();
+        args.push("-site-dir=/srv/www/ci");
+        let config = run(&args).expect("valid");
+        assert_eq!(config.site_dir.as_deref(), Some(Path::new("/srv/www/ci")));
+        args.push("-site-dir=");
+        assert_eq!(
+            run(&args).unwrap_err(),
+            UsageError::Config(ConfigError::EmptySiteDir)
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -35,6 +35,9 @@ pub enum ConfigError {
     /// An empty `-source-reference`.
     #[error("invalid source reference: empty path")]
     EmptyReference,
+    /// An empty `-site-dir`.
+    #[error("invalid site directory: empty path")]
+    EmptySiteDir,
 }
 
 /// A branch name that git accepts and that cannot be mistaken for an option.
@@ -269,6 +272,8 @@ pub struct JobConfig {
     pub source_reference: Option<String>,
     /// Test the current tip once and exit.
     pub once: bool,
+    /// Refresh a static results site here after each push.
+    pub site_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]

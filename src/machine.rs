@@ -31,6 +31,7 @@ use crate::notes_dir::collect_extra_notes;
 use crate::publish::{publish, BranchUpdate, Publication, StagedNote};
 use crate::retry::Backoff;
 use crate::runner::{self, ScriptOutcome, ScriptRun, ScriptSpec};
+use crate::site;
 use crate::state::State;
 use crate::verify::{verify_tip, Verification, VerifiedTip};
 use crate::workspace::{remove_tree, Workspace};
@@ -654,6 +655,9 @@ impl Job {
         publish(&self.store, &self.source, publication).await?;
         let publication = self.pending.take().expect("still staged");
         self.last_handled = Some(publication.tip.commit.clone());
+        if let Some(dir) = &self.config.site_dir {
+            site::refresh_daemon_site(&self.source, &self.config, dir).await;
+        }
         let once = if publication.passed {
             OnceResult::Passed
         } else {

@@ -60,6 +60,9 @@ fn anchor_paths(mut config: JobConfig) -> JobConfig {
     };
     config.source = config.source.anchored_at(&cwd);
     config.results = config.results.anchored_at(&cwd);
+    if let Some(site_dir) = config.site_dir.as_mut() {
+        *site_dir = cwd.join(&*site_dir);
+    }
     if let Some(reference) = config.source_reference.as_mut() {
         if std::path::Path::new(reference).is_relative() && !reference.contains("://") {
             *reference = cwd.join(&*reference).to_string_lossy().into_owned();

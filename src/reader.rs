@@ -206,6 +206,29 @@ impl ResultsReader {
         Ok(parse_batch(&output.stdout))
     }
 
+    /// The sizes in bytes of `blobs`, in one `cat-file --batch-check`,
+    /// without reading their contents.
+    pub async fn blob_sizes(&self, blobs: &[&str]) -> Result<HashMap<String, u64>, GitError> {
+        if blobs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let input: String = blobs.iter().map(|b| format!("{b}\n")).collect();
+        let output = self
+            .git
+            .command("cat-file")
+            .arg("--batch-check=%(objectname) %(objectsize)")
+            .stdin(input.into_bytes())
+            .run()
+            .await?;
+        Ok(output
+            .lines()
+            .filter_map(|line| {
+                let (oid, size) = line.split_once(' ')?;
+                Some((oid.to_owned(), size.parse().ok()?))
+            })
+            .collect())
+    }
+
     /// One note's content, or `None` when `commit` has no such note.
     pub async fn note(
         &self,

@@ -171,19 +171,21 @@ impl GitCommand {
             command: command.clone(),
             source,
         })?;
-        if let Some(input) = self.stdin {
-            if let Some(mut pipe) = child.stdin.take() {
+        let pipe = child.stdin.take();
+        let feed = async move {
+            if let (Some(input), Some(mut pipe)) = (self.stdin, pipe) {
                 // A git that exits early closes its end; its status says why.
                 let _ = pipe.write_all(&input).await;
             }
-        }
-        let output = child
-            .wait_with_output()
-            .await
-            .map_err(|source| GitError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+        };
+        // Fed and drained at once: git answers `cat-file --batch` queries
+        // while still reading them, and once a pipe buffer of answers is
+        // unread it stops reading its input.
+        let (_, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(|source| GitError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
 
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         debug!(target: "icyci::git", command = %command, status = %describe_status(output.status));

@@ -81,22 +81,58 @@ pub async fn open(repo: &RepoArgs, branch: Option<&str>) -> Result<ResultsSource
             });
         }
     }
+    open_source(repo, Wanted::Branch(branch)).await
+}
+
+/// Opens the source named by `repo` for reading the notes of given commits
+/// (`icyci show`, `icyci status`): no branch has to be chosen, so a results
+/// repository with several branches and no `HEAD` opens too; `rev` is then
+/// `HEAD`, which may not resolve.
+pub async fn open_repository(repo: &RepoArgs) -> Result<ResultsSource, SourceError> {
+    open_source(repo, Wanted::AnyCommit).await
+}
+
+/// What the caller of [`open_source`] needs a revision for.
+#[derive(Debug, Clone, Copy)]
+enum Wanted<'a> {
+    /// A branch to list: this one, or a default that must exist.
+    Branch(Option<&'a str>),
+    /// Only commits named by the user; the default branch is a best guess.
+    AnyCommit,
+}
+
+async fn open_source(repo: &RepoArgs, wanted: Wanted<'_>) -> Result<ResultsSource, SourceError> {
     match (&repo.repo, &repo.remote) {
         (Some(location), _) if Path::new(location).is_dir() => {
-            open_local(Path::new(location), branch).await
+            open_local(Path::new(location), wanted).await
         }
-        (Some(url), _) => open_url(url, branch).await,
-        (None, Some(remote)) => open_remote(remote, branch).await,
-        (None, None) => open_local(Path::new("."), branch).await,
+        // Git reads anything without `://` and without a `host:` before
+        // its first slash as a path; a missing one is a typo, not a URL to
+        // fetch into a new cache.
+        (Some(location), _) if is_local_path(location) && !Path::new(location).exists() => {
+            Err(SourceError::NotARepository(location.clone()))
+        }
+        (Some(url), _) => open_url(url, wanted).await,
+        (None, Some(remote)) => open_remote(remote, wanted).await,
+        (None, None) => open_local(Path::new("."), wanted).await,
     }
 }
 
+/// Whether git would read `location` as a path rather than a URL.
+fn is_local_path(location: &str) -> bool {
+    if location.contains("://") {
+        return false;
+    }
+    let before_slash = location.split('/').next().unwrap_or_default();
+    !before_slash.contains(':')
+}
+
 /// A repository on disk, read in place.
-async fn open_local(path: &Path, branch: Option<&str>) -> Result<ResultsSource, SourceError> {
+async fn open_local(path: &Path, wanted: Wanted<'_>) -> Result<ResultsSource, SourceError> {
     let git = Git::new(path);
     let label = path.display().to_string();
     ensure_repository(&git, &label).await?;
-    let rev = pick_branch(&git, branch, "refs/heads/", &label).await?;
+    let rev = choose_rev(&git, wanted, "refs/heads/", &label).await?;
     Ok(ResultsSource {
         reader: ResultsReader::new(git, "refs/notes/"),
         rev,
@@ -108,7 +144,7 @@ async fn open_local(path: &Path, branch: Option<&str>) -> Result<ResultsSource, 
 /// fetched into `refs/icyci/remotes/<remote>/notes/` so that the user's own
 /// `refs/notes/*` are never rewritten. By hand:
 /// `git fetch <remote> '+refs/notes/*:refs/icyci/remotes/<remote>/notes/*'`.
-async fn open_remote(remote: &str, branch: Option<&str>) -> Result<ResultsSource, SourceError> {
+async fn open_remote(remote: &str, wanted: Wanted<'_>) -> Result<ResultsSource, SourceError> {
     if remote.starts_with('-') || !is_valid_branch_name(remote) || remote.contains('/') {
         return Err(SourceError::InvalidName {
             what: "remote name",
@@ -130,6 +166,10 @@ async fn open_remote(remote: &str, branch: Option<&str>) -> Result<ResultsSource
             reason: fetched.stderr,
         });
     }
+    let branch = match wanted {
+        Wanted::Branch(branch) => branch,
+        Wanted::AnyCommit => None,
+    };
     let rev = match branch {
         Some(name) => pick_branch(&git, Some(name), &format!("refs/remotes/{remote}/"), remote)
             .await
@@ -152,7 +192,7 @@ async fn open_remote(remote: &str, branch: Option<&str>) -> Result<ResultsSource
 
 /// A URL: mirrored (notes and branches) into a bare repository in the
 /// user's cache directory, updated incrementally on every call.
-async fn open_url(url: &str, branch: Option<&str>) -> Result<ResultsSource, SourceError> {
+async fn open_url(url: &str, wanted: Wanted<'_>) -> Result<ResultsSource, SourceError> {
     let label = mask_credentials(url).into_owned();
     if url.starts_with('-') {
         return Err(SourceError::InvalidName {
@@ -161,7 +201,8 @@ async fn open_url(url: &str, branch: Option<&str>) -> Result<ResultsSource, Sour
         });
     }
     let cache = cache_dir_for(url)?;
-    if !cache.join("HEAD").exists() {
+    let new_cache = !cache.join("HEAD").exists();
+    if new_cache {
         std::fs::create_dir_all(&cache).map_err(|source| SourceError::Cache {
             path: cache.display().to_string(),
             source,
@@ -184,13 +225,18 @@ async fn open_url(url: &str, branch: Option<&str>) -> Result<ResultsSource, Sour
         .output()
         .await?;
     if !fetched.status.success() {
+        if new_cache {
+            // An unreachable or mistyped URL must not leave an empty cache
+            // behind for every attempt.
+            let _ = std::fs::remove_dir_all(&cache);
+        }
         let reason = mask_credentials(&fetched.stderr.replace('\n', " | ")).into_owned();
         return Err(SourceError::Fetch {
             from: label,
             reason,
         });
     }
-    let rev = pick_branch(&git, branch, "refs/heads/", &label).await?;
+    let rev = choose_rev(&git, wanted, "refs/heads/", &label).await?;
     Ok(ResultsSource {
         reader: ResultsReader::new(git, "refs/notes/"),
         rev,
@@ -204,6 +250,23 @@ async fn ensure_repository(git: &Git, label: &str) -> Result<(), SourceError> {
         Ok(())
     } else {
         Err(SourceError::NotARepository(label.to_owned()))
+    }
+}
+
+/// The revision to list for `wanted`: see [`pick_branch`]; when any commit
+/// will do, `HEAD` stands in for a branch that cannot be chosen.
+async fn choose_rev(
+    git: &Git,
+    wanted: Wanted<'_>,
+    prefix: &str,
+    label: &str,
+) -> Result<String, SourceError> {
+    match wanted {
+        Wanted::Branch(branch) => pick_branch(git, branch, prefix, label).await,
+        Wanted::AnyCommit => match pick_branch(git, None, prefix, label).await {
+            Err(SourceError::AmbiguousBranch(_)) => Ok("HEAD".to_owned()),
+            picked => picked,
+        },
     }
 }
 
@@ -300,6 +363,15 @@ fn cache_name(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_and_urls() {
+        assert!(is_local_path("results.git"));
+        assert!(is_local_path("/srv/git/results.git"));
+        assert!(is_local_path("./host:not-scp"));
+        assert!(!is_local_path("git://127.0.0.1:9418/results.git"));
+        assert!(!is_local_path("git@example.org:ci/results.git"));
+    }
 
     #[test]
     fn cache_names_drop_credentials() {

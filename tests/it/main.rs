@@ -10,4 +10,6 @@ mod instances;
 mod notes_dir;
 mod remote;
 mod selftest;
+mod site;
 mod verify;
+mod viewer;
