@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::git::{Git, GitError};
 
 /// The suffixes of the notes every namespace has (or may have).
-const CORE_NOTES: [&str; 5] = [
+pub const CORE_NOTES: [&str; 5] = [
     "locked",
     "result.passed",
     "result.failed",

@@ -33,20 +33,11 @@ use crate::commands::SiteArgs;
 use crate::config::JobConfig;
 use crate::duration::format_duration;
 use crate::git::{Git, GitError};
-use crate::reader::{CommitInfo, CommitState, Namespace, NoteIndex, ResultsReader};
+use crate::reader::{CommitInfo, CommitState, Namespace, NoteIndex, ResultsReader, CORE_NOTES};
 use crate::viewer::source::{self, SourceError};
 use manifest::{commit_files, commit_page_path, is_raw_note, raw_path, CommitNotes, Manifest};
 use output::SiteDir;
 use pages::{Row, Section, SiteInfo};
-
-/// The notes every namespace may have on a commit.
-const CORE_NOTES: [&str; 5] = [
-    "locked",
-    "result.passed",
-    "result.failed",
-    "output.stdout",
-    "output.stderr",
-];
 
 /// Commits whose notes are read in one `cat-file` (bounds the memory a
 /// full build holds at once when logs are large).
@@ -103,13 +94,7 @@ impl SiteError {
     /// a site), as opposed to the environment failing.
     fn is_bad_input(&self) -> bool {
         match self {
-            SiteError::Source(source) => !matches!(
-                source,
-                SourceError::Fetch { .. }
-                    | SourceError::NoCache
-                    | SourceError::Cache { .. }
-                    | SourceError::Git(_)
-            ),
+            SiteError::Source(source) => source.is_bad_input(),
             SiteError::NotADirectory(_)
             | SiteError::NotASite(_)
             | SiteError::NoNamespaces { .. } => true,

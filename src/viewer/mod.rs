@@ -84,13 +84,7 @@ impl ViewerError {
     /// to the environment failing.
     fn is_bad_input(&self) -> bool {
         match self {
-            ViewerError::Source(source) => !matches!(
-                source,
-                SourceError::Fetch { .. }
-                    | SourceError::NoCache
-                    | SourceError::Cache { .. }
-                    | SourceError::Git(_)
-            ),
+            ViewerError::Source(source) => source.is_bad_input(),
             ViewerError::UnknownCommit(_)
             | ViewerError::NoNamespace { .. }
             | ViewerError::NoNote { .. }

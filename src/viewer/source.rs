@@ -59,6 +59,21 @@ pub enum SourceError {
     Git(#[from] GitError),
 }
 
+impl SourceError {
+    /// Whether the user named something that is not there (a path that is
+    /// not a repository, an unknown branch, an invalid name), as opposed to
+    /// the environment failing (network, cache, git).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(
+            self,
+            SourceError::Fetch { .. }
+                | SourceError::NoCache
+                | SourceError::Cache { .. }
+                | SourceError::Git(_)
+        )
+    }
+}
+
 /// An opened results source: a reader and the revision whose commits to show.
 #[derive(Debug, Clone)]
 pub struct ResultsSource {
