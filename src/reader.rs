@@ -21,8 +21,9 @@ pub const CORE_NOTES: [&str; 5] = [
     "output.stderr",
 ];
 
-/// Deepest fan-out git uses for a notes tree (one level per 256-fold growth).
-const MAX_FANOUT: usize = 3;
+/// Deepest fan-out looked at: git adds a level per 256-fold growth, so a
+/// third level would take some 16 million notes in one ref.
+const MAX_FANOUT: usize = 2;
 
 /// The state of one commit in one namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
