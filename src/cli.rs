@@ -152,7 +152,8 @@ const FLAGS: [(&str, Kind, &str, &str); 14] = [
 /// The usage text printed by `-h` and after a usage error.
 pub fn usage() -> String {
     let mut text = String::from(
-        "Usage: icyci -source-repo URL -results-repo URL [flags]\n       icyci demo\n\nFlags:\n",
+        "Usage: icyci -source-repo URL -results-repo URL [flags]\n       \
+         icyci demo | results | show | status | site ...   (each with --help)\n\nFlags:\n",
     );
     for (name, _, value, help) in FLAGS {
         let separator = if value.is_empty() { "" } else { " " };

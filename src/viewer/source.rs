@@ -46,6 +46,9 @@ pub enum SourceError {
     /// No cache directory (neither XDG_CACHE_HOME nor HOME is set).
     #[error("no cache directory: set XDG_CACHE_HOME or HOME")]
     NoCache,
+    /// `--remote` names no remote of the repository.
+    #[error("no remote named {0:?} in this repository (see `git remote -v`)")]
+    NoRemote(String),
     /// Creating the cache failed.
     #[error("cannot create the cache {path}: {source}")]
     Cache {
@@ -147,6 +150,16 @@ async fn open_local(path: &Path, wanted: Wanted<'_>) -> Result<ResultsSource, So
     let git = Git::new(path);
     let label = path.display().to_string();
     ensure_repository(&git, &label).await?;
+    // A fresh bare mirror's HEAD names whatever init.defaultBranch says;
+    // point it at the results' own default so that `HEAD` means something.
+    if !ref_exists(&git, "HEAD").await {
+        if let Ok(default) = pick_branch(&git, None, "refs/heads/", &label).await {
+            git.command("symbolic-ref")
+                .positional(["HEAD", &default])
+                .run()
+                .await?;
+        }
+    }
     let rev = choose_rev(&git, wanted, "refs/heads/", &label).await?;
     Ok(ResultsSource {
         reader: ResultsReader::new(git, "refs/notes/"),
@@ -168,6 +181,14 @@ async fn open_remote(remote: &str, wanted: Wanted<'_>) -> Result<ResultsSource, 
     }
     let git = Git::new(".");
     ensure_repository(&git, ".").await?;
+    let configured = git
+        .command("config")
+        .args(["--get", &format!("remote.{remote}.url")])
+        .output()
+        .await?;
+    if !configured.status.success() {
+        return Err(SourceError::NoRemote(remote.to_owned()));
+    }
     let prefix = format!("refs/icyci/remotes/{remote}/notes/");
     let fetched = git
         .command("fetch")

@@ -537,6 +537,11 @@ fn url_results_are_cached_and_updated() {
     );
     let out = read(&["show", &r.first, "--note", "blob.bin", "--output", "-"]);
     assert_eq!(out.stdout, BLOB, "{}", describe(&out));
+    // HEAD of a mirrored URL is the results' branch, so `status HEAD` answers.
+    assert_eq!(
+        status_code(&read(&["status", "HEAD", "--ns", "icyci"])),
+        Some(0)
+    );
 }
 
 fn cache_entries(cache_home: &Path) -> Vec<PathBuf> {
@@ -568,6 +573,8 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
     assert_error(&out, "results", 2, "\"nosuch\"");
     let out = r.icyci(&["results", "--branch", "nosuch"]);
     assert_error(&out, "results", 2, "no branch \"nosuch\"");
+    let out = icyci(env, &r.fx.results, &["results", "--remote", "nosuch"]);
+    assert_error(&out, "results", 2, "no remote named \"nosuch\"");
 
     let plain_dir = env.path("not-a-repository");
     fs::create_dir(&plain_dir).expect("create a plain directory");
