@@ -32,7 +32,8 @@ pub enum Action {
     /// The verdict, output and extra notes of one commit.
     Show(ShowArgs),
     /// Exit 0 when a commit passed in every selected namespace, 1 when any
-    /// failed, 8 when any is still running or untested.
+    /// failed, 8 when any is still running or untested, 2 when the question
+    /// cannot be answered.
     Status(StatusArgs),
     /// Write a static HTML site of the results.
     Site(SiteArgs),

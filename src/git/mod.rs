@@ -271,7 +271,7 @@ const REPOSITORY_LOCATION_VARIABLES: [&str; 6] = [
 /// Folds git's message onto one line for a log line of its own; git's
 /// `hint:` lines are advice for interactive users and are left out (the
 /// full text is logged at debug level).
-fn one_line(stderr: &str) -> String {
+pub fn one_line(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)

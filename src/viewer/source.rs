@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::commands::RepoArgs;
 use crate::config::mask_credentials;
-use crate::git::{is_valid_branch_name, Git, GitError};
+use crate::git::{is_valid_branch_name, one_line, Git, GitError};
 use crate::reader::ResultsReader;
 
 /// A results source that cannot be read.
@@ -150,16 +150,6 @@ async fn open_local(path: &Path, wanted: Wanted<'_>) -> Result<ResultsSource, So
     let git = Git::new(path);
     let label = path.display().to_string();
     ensure_repository(&git, &label).await?;
-    // A fresh bare mirror's HEAD names whatever init.defaultBranch says;
-    // point it at the results' own default so that `HEAD` means something.
-    if !ref_exists(&git, "HEAD").await {
-        if let Ok(default) = pick_branch(&git, None, "refs/heads/", &label).await {
-            git.command("symbolic-ref")
-                .positional(["HEAD", &default])
-                .run()
-                .await?;
-        }
-    }
     let rev = choose_rev(&git, wanted, "refs/heads/", &label).await?;
     Ok(ResultsSource {
         reader: ResultsReader::new(git, "refs/notes/"),
@@ -266,11 +256,21 @@ async fn open_url(url: &str, wanted: Wanted<'_>) -> Result<ResultsSource, Source
             // behind for every attempt.
             let _ = std::fs::remove_dir_all(&cache);
         }
-        let reason = mask_credentials(&fetched.stderr.replace('\n', " | ")).into_owned();
+        let reason = mask_credentials(&one_line(&fetched.stderr)).into_owned();
         return Err(SourceError::Fetch {
             from: label,
             reason,
         });
+    }
+    // A fresh bare mirror's HEAD names whatever init.defaultBranch says;
+    // point it at the results' own default so that `HEAD` means something.
+    if !ref_exists(&git, "HEAD").await {
+        if let Ok(default) = pick_branch(&git, None, "refs/heads/", &label).await {
+            git.command("symbolic-ref")
+                .positional(["HEAD", &default])
+                .run()
+                .await?;
+        }
     }
     let rev = choose_rev(&git, wanted, "refs/heads/", &label).await?;
     Ok(ResultsSource {
@@ -326,7 +326,16 @@ async fn pick_branch(
         };
     }
     if ref_exists(git, "HEAD").await {
-        return Ok("HEAD".to_owned());
+        // Name the branch HEAD stands for, so that reports say which.
+        let named = git
+            .command("symbolic-ref")
+            .args(["--quiet", "HEAD"])
+            .run()
+            .await;
+        return Ok(named
+            .ok()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "HEAD".to_owned()));
     }
     let listing = git
         .command("for-each-ref")
@@ -383,6 +392,10 @@ fn cache_name(url: &str) -> String {
         }
         None => url.to_owned(),
     };
+    let without_secret = without_secret.trim_end_matches('/');
+    let without_secret = without_secret
+        .strip_suffix(".git")
+        .unwrap_or(without_secret);
     let name: String = without_secret
         .chars()
         .map(|c| {
@@ -413,7 +426,7 @@ mod tests {
     fn cache_names_drop_credentials() {
         assert_eq!(
             cache_name("https://bot:token@example.org/ci/results.git"),
-            "https_example.org_ci_results.git.git"
+            "https_example.org_ci_results.git"
         );
         assert_eq!(cache_name("ssh://git@h:22/r"), "ssh_h_22_r.git");
     }

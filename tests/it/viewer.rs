@@ -240,7 +240,10 @@ fn json_has_every_commit_and_state() {
     let text = success(&r.icyci(&["results", "--format", "json"]));
     let json: serde_json::Value = serde_json::from_str(&text).expect("one JSON document");
     assert_eq!(json["repository"], r.repo().as_str());
-    assert_eq!(json["branch"], "HEAD");
+    assert_eq!(
+        json["branch"], "refs/heads/main",
+        "the branch HEAD stands for, by name"
+    );
     assert_eq!(
         json["namespaces"],
         serde_json::json!(["icyci", "icyci-aarch64"])
@@ -491,6 +494,11 @@ fn url_results_are_cached_and_updated() {
     let env = r.env();
     let cache_home = env.path("cache");
     env.set_var("XDG_CACHE_HOME", &cache_home);
+    // The user's default branch name differs from the results' branch: the
+    // mirror's HEAD must still come to mean the results' branch.
+    env.set_var("GIT_CONFIG_COUNT", "1");
+    env.set_var("GIT_CONFIG_KEY_0", "init.defaultBranch");
+    env.set_var("GIT_CONFIG_VALUE_0", "trunk");
     let server = GitDaemon::start(env, env.root());
     let url = server.url("results.git");
     let read = |args: &[&str]| {
