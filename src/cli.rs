@@ -4,16 +4,21 @@
 //! clap cannot express Go's single-dash long flags (`-source-repo`), bool
 //! flags that only take `=value`, or Go's stop-at-first-positional rule, so
 //! the daemon flags are parsed here by hand; subcommands (`icyci demo`) use
-//! clap in `main.rs`. Parsing does no I/O.
+//! clap in `main.rs`. Parsing does no I/O but reading the `-trusted-signers`
+//! file, so that a bad list is a usage error before anything is touched.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::config::{BranchName, ConfigError, JobConfig, NotesNamespace, RepoUrl, Timeouts};
+use crate::config::{
+    BranchName, ConfigError, JobConfig, NotesNamespace, RepoUrl, Timeouts, DEFAULT_MAX_OUTPUT,
+};
 use crate::duration::{parse_duration, DurationError};
+use crate::size::{parse_size, SizeError};
 use crate::state::State;
+use crate::trust::{SignaturePolicy, TrustListError, TrustedSigners};
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -57,12 +62,26 @@ pub enum UsageError {
         /// What is wrong with it.
         source: DurationError,
     },
+    /// A size value that does not parse.
+    #[error("invalid value for -{flag}: {source}")]
+    Size {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong with it.
+        source: SizeError,
+    },
     /// `-timeout` for a state other than await-command, or malformed.
     #[error("invalid value {0:?} for -timeout: expected await-command:DURATION")]
     TimeoutSpec(String),
     /// A value that fails validation.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A `-trusted-signers` file that cannot be read or has a bad line.
+    #[error(transparent)]
+    TrustedSigners(#[from] TrustListError),
+    /// `-accept-expired-before-expiry` relaxes a list that is not given.
+    #[error("-accept-expired-before-expiry needs -trusted-signers")]
+    ExpiryWithoutTrustedSigners,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -72,7 +91,7 @@ enum Kind {
 }
 
 /// Every daemon flag: name, kind, the value's placeholder in the usage, help.
-const FLAGS: [(&str, Kind, &str, &str); 14] = [
+const FLAGS: [(&str, Kind, &str, &str); 18] = [
     (
         "source-repo",
         Kind::Value,
@@ -140,10 +159,34 @@ const FLAGS: [(&str, Kind, &str, &str); 14] = [
         "after each push, refresh a static HTML site of the results in DIR",
     ),
     (
+        "max-output",
+        Kind::Value,
+        "SIZE",
+        "keep at most SIZE of stdout and of stderr in the notes: its head and tail (default 16MiB)",
+    ),
+    (
+        "keep-full-output",
+        Kind::Bool,
+        "",
+        "also publish the whole stdout and stderr as notes full-output.stdout and .stderr",
+    ),
+    (
         "once",
         Kind::Bool,
         "",
         "test the current tip and exit: 0 passed, 1 failed, 3 nothing to do, 4 could not complete",
+    ),
+    (
+        "trusted-signers",
+        Kind::Value,
+        "FILE",
+        "count only signatures by the OpenPGP fingerprints and ssh public keys listed in FILE",
+    ),
+    (
+        "accept-expired-before-expiry",
+        Kind::Bool,
+        "",
+        "with -trusted-signers, accept an expired key for signatures made before its expiry",
     ),
     ("v", Kind::Bool, "", "print the version and exit"),
     ("help", Kind::Bool, "", "print this help and exit (also -h)"),
@@ -160,6 +203,7 @@ pub fn usage() -> String {
         text.push_str(&format!("  -{name}{separator}{value}\n        {help}\n"));
     }
     text.push_str("\nDURATION is Go syntax (300ms, 1h30m) or whole seconds.\n");
+    text.push_str("SIZE is whole bytes, or with a unit: 512KiB, 8MiB, 1GiB, 100MB.\n");
     text
 }
 
@@ -263,6 +307,24 @@ impl RawFlags {
         }
     }
 
+    /// `-trusted-signers` (read and checked here) and
+    /// `-accept-expired-before-expiry`.
+    fn signature_policy(&self) -> Result<SignaturePolicy, UsageError> {
+        let accept_expired_before_expiry = self.flag("accept-expired-before-expiry");
+        let trusted = match self.get("trusted-signers") {
+            None => None,
+            Some("") => return Err(ConfigError::EmptyTrustedSigners.into()),
+            Some(path) => Some(TrustedSigners::load(Path::new(path))?),
+        };
+        if accept_expired_before_expiry && trusted.is_none() {
+            return Err(UsageError::ExpiryWithoutTrustedSigners);
+        }
+        Ok(SignaturePolicy {
+            trusted,
+            accept_expired_before_expiry,
+        })
+    }
+
     fn into_config(self) -> Result<JobConfig, UsageError> {
         let source = self
             .get("source-repo")
@@ -297,10 +359,19 @@ impl RawFlags {
                 other => other.map(str::to_owned),
             },
             once: self.flag("once"),
+            signature_policy: self.signature_policy()?,
             site_dir: match self.get("site-dir") {
                 Some("") => return Err(ConfigError::EmptySiteDir.into()),
                 other => other.map(PathBuf::from),
             },
+            max_output: match self.get("max-output") {
+                None => DEFAULT_MAX_OUTPUT,
+                Some(text) => parse_size(text).map_err(|source| UsageError::Size {
+                    flag: "max-output",
+                    source,
+                })?,
+            },
+            keep_full_output: self.flag("keep-full-output"),
         })
     }
 }
@@ -448,6 +519,74 @@ mod tests {
         assert!(matches!(parse_args(["-h"]), Ok(Invocation::Help)));
         assert!(matches!(parse_args(["--help"]), Ok(Invocation::Help)));
         assert!(matches!(parse_args(["-v"]), Ok(Invocation::Version)));
+    }
+
+    #[test]
+    fn output_limits() {
+        let config = run(&BASE).expect("valid");
+        assert_eq!(config.max_output, 16 << 20);
+        assert!(!config.keep_full_output);
+        let mut args = BASE.to_vec();
+        args.extend(["-max-output", "1KiB", "-keep-full-output"]);
+        let config = run(&args).expect("valid");
+        assert_eq!(config.max_output, 1024);
+        assert!(config.keep_full_output);
+        for bad in ["", "0", "8M", "-1", "1.5GiB"] {
+            let mut args = BASE.to_vec();
+            args.push("-max-output");
+            args.push(bad);
+            assert!(
+                matches!(run(&args), Err(UsageError::Size { .. })),
+                "{bad:?}"
+            );
+        }
+        let mut args = BASE.to_vec();
+        args.push("-max-output=8M");
+        assert_eq!(
+            run(&args).unwrap_err().to_string(),
+            "invalid value for -max-output: invalid size \"8M\" (expected a whole number of \
+             bytes, optionally with a unit: KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
+        );
+    }
+
+    #[test]
+    fn trusted_signers() {
+        assert_eq!(
+            run(&BASE).expect("valid").signature_policy,
+            SignaturePolicy::default()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let list = dir.path().join("signers");
+        std::fs::write(&list, "4D5F3B10E353096180C38B985660BC37695CBC29\n").expect("write");
+        let flag = format!("-trusted-signers={}", list.display());
+        let mut args = BASE.to_vec();
+        args.extend([flag.as_str(), "-accept-expired-before-expiry"]);
+        let policy = run(&args).expect("valid").signature_policy;
+        assert!(policy.trusted.is_some());
+        assert!(policy.accept_expired_before_expiry);
+
+        let mut args = BASE.to_vec();
+        args.push("-accept-expired-before-expiry");
+        assert_eq!(
+            run(&args).unwrap_err(),
+            UsageError::ExpiryWithoutTrustedSigners
+        );
+        std::fs::write(&list, "# fine\nnot a key\n").expect("write");
+        let mut args = BASE.to_vec();
+        args.push(flag.as_str());
+        assert!(matches!(
+            run(&args),
+            Err(UsageError::TrustedSigners(TrustListError::Line {
+                line: 2,
+                ..
+            }))
+        ));
+        let mut args = BASE.to_vec();
+        args.push("-trusted-signers=");
+        assert_eq!(
+            run(&args).unwrap_err(),
+            UsageError::Config(ConfigError::EmptyTrustedSigners)
+        );
     }
 
     #[test]

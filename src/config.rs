@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::git::{is_valid_branch_name, is_valid_full_refname};
 use crate::state::State;
+use crate::trust::SignaturePolicy;
 
 /// A configuration value that cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub enum ConfigError {
     /// An empty `-site-dir`.
     #[error("invalid site directory: empty path")]
     EmptySiteDir,
+    /// An empty `-trusted-signers`.
+    #[error("invalid trusted signers file: empty path")]
+    EmptyTrustedSigners,
 }
 
 /// A branch name that git accepts and that cannot be mistaken for an option.
@@ -188,9 +192,14 @@ pub fn mask_credentials(text: &str) -> Cow<'_, str> {
     while let Some(start) = rest.find("://") {
         let (head, tail) = rest.split_at(start + 3);
         masked.push_str(head);
-        let authority_end = tail
+        let mut authority_end = tail
             .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
             .unwrap_or(tail.len());
+        // In `http://a,https://u:p@h` the next URL's scheme is glued to this
+        // authority: stop before its `:` so that its `://` is still found.
+        if tail[..authority_end].ends_with(':') && tail[authority_end..].starts_with("//") {
+            authority_end -= 1;
+        }
         let authority = &tail[..authority_end];
         match authority.rfind('@') {
             Some(at) => {
@@ -272,9 +281,19 @@ pub struct JobConfig {
     pub source_reference: Option<String>,
     /// Test the current tip once and exit.
     pub once: bool,
+    /// Which signatures count (`-trusted-signers`,
+    /// `-accept-expired-before-expiry`).
+    pub signature_policy: SignaturePolicy,
     /// Refresh a static results site here after each push.
     pub site_dir: Option<PathBuf>,
+    /// Bytes of the script's stdout, and of its stderr, kept in the notes.
+    pub max_output: u64,
+    /// Also publish the whole stdout and stderr (`full-output.*` notes).
+    pub keep_full_output: bool,
 }
+
+/// `-max-output` by default: 16 MiB of each stream.
+pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -291,6 +310,11 @@ mod tests {
             "git fetch https://a:***@h/x and ssh://git@h/y"
         );
         assert_eq!(mask_credentials("/srv/git/repo"), "/srv/git/repo");
+        assert_eq!(
+            mask_credentials("http://a,https://u:p@h/x"),
+            "http://a,https://u:***@h/x",
+            "a URL glued to the one before it"
+        );
         assert_eq!(
             mask_credentials("https://u:p@ss@host/x"),
             "https://u:***@host/x",

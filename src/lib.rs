@@ -6,15 +6,19 @@
 //!
 //! The cycle is a state machine ([`machine`]) over a handful of concerns:
 //! validated configuration ([`cli`], [`config`]), git invocations
-//! ([`git`]), signature checks ([`verify`]), the notes store and lock
-//! ([`notes`], [`publish`], [`notes_dir`]) and the script runner
-//! ([`runner`]), all inside a temporary [`workspace`].
+//! ([`git`]), signature checks and trust ([`verify`], [`signature`],
+//! [`trust`]), the notes store and lock ([`notes`], [`publish`],
+//! [`notes_dir`]) and the script runner ([`runner`], with its bounded
+//! output [`capture`] and process containment [`contain`]), all inside a
+//! temporary [`workspace`].
 
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod contain;
 pub mod demo;
 pub mod duration;
 pub mod git;
@@ -25,8 +29,11 @@ pub mod publish;
 pub mod reader;
 pub mod retry;
 pub mod runner;
+pub mod signature;
 pub mod site;
+pub mod size;
 pub mod state;
+pub mod trust;
 pub mod verify;
 pub mod viewer;
 pub mod workspace;

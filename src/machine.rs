@@ -24,16 +24,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::JobConfig;
+use crate::contain;
 use crate::duration::{format_duration, round_to_millis};
 use crate::git::{Git, GitError};
 use crate::notes::{LockOutcome, NotesError, NotesStore, RESULTS_REMOTE};
-use crate::notes_dir::collect_extra_notes;
+use crate::notes_dir::{collect_extra_notes, FULL_OUTPUT_NOTES};
 use crate::publish::{publish, BranchUpdate, Publication, StagedNote};
 use crate::retry::Backoff;
 use crate::runner::{self, ScriptOutcome, ScriptRun, ScriptSpec};
 use crate::site;
 use crate::state::State;
-use crate::verify::{verify_tip, Verification, VerifiedTip};
+use crate::verify::{describe_rejections, verify_tip, Verification, VerifiedTip};
 use crate::workspace::{remove_tree, Workspace};
 
 /// Result of `-once`, which is also its exit status.
@@ -238,6 +239,7 @@ impl Job {
             poll_interval = %format_duration(config.poll_interval),
             push_source_to_results = config.push_source_to_results && !self.same_repository,
             script_timeout = %await_limit.map_or("none".into(), format_duration),
+            trust = %config.signature_policy.describe(),
             "job starting"
         );
         let mut step = Step::Clone {
@@ -459,13 +461,15 @@ impl Job {
     }
 
     async fn verify(&mut self, tip: String) -> Result<Step, StepError> {
-        match verify_tip(&self.source, &tip).await? {
+        match verify_tip(&self.source, &tip, &self.config.signature_policy).await? {
             Verification::Verified(verified) => {
                 info!(commit = %tip, "verified: {}", verified.describe());
-                Ok(Step::Lock { tip: verified })
+                Ok(Step::Lock { tip: *verified })
             }
-            Verification::NotVerified(reasons) => {
-                warn!(commit = %tip, "not testing: no valid signature ({})", reasons.join("; "));
+            Verification::NotVerified(rejections) => {
+                // One line however many objects were tried: each refused
+                // signature with its key and reason, then the rest.
+                warn!(commit = %tip, "not testing: {}", describe_rejections(&rejections));
                 Ok(self.nothing_to_do(tip))
             }
         }
@@ -535,12 +539,18 @@ impl Job {
             .await?;
         let notes_dir = self.workspace.prepare_notes_dir()?;
         let (stdout_file, stderr_file) = self.output_files();
+        let (full_stdout, full_stderr) = self.full_output_files();
         let spec = ScriptSpec {
             script: &script,
             checkout: &self.workspace.source_dir(),
             notes_dir: &notes_dir,
             stdout_file: &stdout_file,
             stderr_file: &stderr_file,
+            max_output: self.config.max_output,
+            full_output: self
+                .config
+                .keep_full_output
+                .then_some((full_stdout.as_path(), full_stderr.as_path())),
         };
         match runner::start(&spec).await {
             Ok(run) => {
@@ -598,14 +608,28 @@ impl Job {
         let private = self.workspace.private_dir();
         let verdict_file = private.join("verdict");
         tokio::fs::write(&verdict_file, verdict_text).await?;
+        // Provenance: which object's signature, by which key, let it run.
+        let verified_file = private.join("verified");
+        tokio::fs::write(&verified_file, claim.tip.verified_note()).await?;
 
-        let mut notes = Vec::new();
+        let mut notes = vec![StagedNote {
+            name: "verified".to_owned(),
+            file: verified_file,
+        }];
         if outcome.is_some() {
             let (stdout_file, stderr_file) = self.output_files();
-            for (name, file) in [
+            let mut outputs = vec![
                 ("output.stdout", stdout_file),
                 ("output.stderr", stderr_file),
-            ] {
+            ];
+            if self.config.keep_full_output {
+                let (full_stdout, full_stderr) = self.full_output_files();
+                outputs.extend([
+                    (FULL_OUTPUT_NOTES[0], full_stdout),
+                    (FULL_OUTPUT_NOTES[1], full_stderr),
+                ]);
+            }
+            for (name, file) in outputs {
                 // A script that never started left no output files.
                 if !file.exists() {
                     tokio::fs::write(&file, b"").await?;
@@ -680,6 +704,9 @@ impl Job {
             self.source.command("clean").args(["-ffdxq"]).run().await?;
         }
         self.workspace.reset_staging()?;
+        // Processes git detached (an automatic gc) that have exited since:
+        // the daemon, a subreaper, adopted them, and must reap them.
+        contain::reap_adopted();
         match once {
             Some(result) if self.config.once => Ok(Step::Exit(result)),
             // After a test the tip may have moved meanwhile: look at once.
@@ -752,6 +779,12 @@ impl Job {
     fn output_files(&self) -> (PathBuf, PathBuf) {
         let private = self.workspace.private_dir();
         (private.join("stdout"), private.join("stderr"))
+    }
+
+    /// The whole output, kept with `-keep-full-output`.
+    fn full_output_files(&self) -> (PathBuf, PathBuf) {
+        let private = self.workspace.private_dir();
+        (private.join("full-stdout"), private.join("full-stderr"))
     }
 }
 

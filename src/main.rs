@@ -73,6 +73,14 @@ fn anchor_paths(mut config: JobConfig) -> JobConfig {
 
 fn run(config: JobConfig) -> ExitCode {
     init_logging();
+    // Processes a test script detaches are then re-parented to the daemon,
+    // which finds and kills them when the script ends.
+    if let Err(err) = icyci::contain::become_subreaper() {
+        tracing::warn!(
+            "cannot become a child subreaper ({err}); processes a test script detaches from \
+             its process group survive it"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -34,16 +34,34 @@ pub struct ExtraNote {
     pub copy: PathBuf,
 }
 
+/// The notes of the whole stdout and stderr, kept with `-keep-full-output`.
+pub const FULL_OUTPUT_NOTES: [&str; 2] = ["full-output.stdout", "full-output.stderr"];
+
 /// Why a file name cannot be a note name, or `None` if it can.
 pub fn refuse_note_name(namespace: &NotesNamespace, name: &str) -> Option<&'static str> {
     if name == "lock" {
         return Some("the name 'lock' is reserved");
     }
-    if name == "locked" || name.starts_with("output.") || name.starts_with("result.") {
+    if name == "locked"
+        || name == "verified"
+        || name.starts_with("output.")
+        || name.starts_with("result.")
+        || name.starts_with("full-output.")
+    {
         return Some("the name collides with icyci's own notes");
     }
     if !is_valid_full_refname(&namespace.note_ref(name)) {
         return Some("the name does not form a valid git ref name");
+    }
+    // Git allows both in a ref name, but a note name is a single file name
+    // inside the namespace (`a/b` would nest under `<ns>.a`, and
+    // `locked/x` would block the lock ref), and a C1 control such as
+    // U+009B can drive a terminal that lists the refs.
+    if name.contains('/') {
+        return Some("the name contains '/'");
+    }
+    if name.chars().any(char::is_control) {
+        return Some("the name contains a control character");
     }
     None
 }
@@ -136,14 +154,19 @@ mod tests {
         for name in [
             "lock",
             "locked",
+            "verified",
             "result.passed",
             "output.stdout",
+            "full-output.stderr",
             "my report.txt",
             "a..b",
             "x.lock",
             ".hidden",
             "tab\there",
             "bad:name",
+            "a/b",
+            "csi\u{9b}31m",
+            "nel\u{85}",
         ] {
             assert!(
                 refuse_note_name(&ns(), name).is_some(),

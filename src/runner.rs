@@ -1,6 +1,8 @@
 //! The test script: started in its own process group with the checkout as
-//! working directory, its output teed to files and to the daemon's own
-//! stdout/stderr, and killed as a whole group on timeout or shutdown.
+//! working directory, its output teed to files (bounded by `-max-output`,
+//! see [`crate::capture`]) and to the daemon's own stdout/stderr, and killed
+//! as a whole group on timeout or shutdown, together with every process it
+//! detached (see [`crate::contain`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,8 +13,11 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Child;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
+use crate::capture::Capture;
+use crate::contain;
 use crate::duration::format_duration;
 use crate::git::describe_status;
 
@@ -38,6 +43,10 @@ pub struct ScriptSpec<'a> {
     pub stdout_file: &'a Path,
     /// File receiving a copy of stderr.
     pub stderr_file: &'a Path,
+    /// Bytes of each stream kept in those files (`-max-output`).
+    pub max_output: u64,
+    /// Files receiving the whole stdout and stderr (`-keep-full-output`).
+    pub full_output: Option<(&'a Path, &'a Path)>,
 }
 
 /// The path to execute: relative paths are relative to the checkout root,
@@ -56,10 +65,17 @@ pub fn script_path(script: &str, checkout: &Path) -> PathBuf {
 pub struct ScriptRun {
     child: Child,
     group: Pid,
+    /// The script's start time (clock ticks since boot), which tells the
+    /// processes it started from the daemon's own; `None` without `/proc`.
+    start: Option<u64>,
     pumps: Vec<JoinHandle<()>>,
+    /// Ends the pumps that still read when the drain grace has passed.
+    stop_pumps: CancellationToken,
 }
 
-/// Time allowed for output still in the pipes after the group is gone.
+/// Time allowed for output still in the pipes once every process the
+/// script started is gone. Only a process out of the daemon's reach (see
+/// [`crate::contain`]) can hold a pipe open that long.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Time a script gets to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -68,10 +84,11 @@ const TERM_GRACE: Duration = Duration::from_secs(3);
 /// for the failed note.
 pub async fn start(spec: &ScriptSpec<'_>) -> Result<ScriptRun, String> {
     let program = script_path(spec.script, spec.checkout);
-    let stdout_file = tokio::fs::File::create(spec.stdout_file)
+    let (full_stdout, full_stderr) = spec.full_output.unzip();
+    let stdout_capture = Capture::create(spec.stdout_file, full_stdout, spec.max_output)
         .await
         .map_err(|err| format!("cannot create output file: {err}"))?;
-    let stderr_file = tokio::fs::File::create(spec.stderr_file)
+    let stderr_capture = Capture::create(spec.stderr_file, full_stderr, spec.max_output)
         .await
         .map_err(|err| format!("cannot create output file: {err}"))?;
 
@@ -93,17 +110,34 @@ pub async fn start(spec: &ScriptSpec<'_>) -> Result<ScriptRun, String> {
 
     let id = child.id().expect("a freshly spawned child has a pid");
     let group = Pid::from_raw(i32::try_from(id).expect("pids fit in i32"));
+    // Not reaped before the first wait, so readable even if it has exited.
+    let start = contain::start_time(group);
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
+    let stop_pumps = CancellationToken::new();
     let pumps = vec![
-        tokio::spawn(tee(stdout, stdout_file, tokio::io::stdout())),
-        tokio::spawn(tee(stderr, stderr_file, tokio::io::stderr())),
+        tokio::spawn(tee(
+            "stdout",
+            stdout,
+            stdout_capture,
+            tokio::io::stdout(),
+            stop_pumps.clone(),
+        )),
+        tokio::spawn(tee(
+            "stderr",
+            stderr,
+            stderr_capture,
+            tokio::io::stderr(),
+            stop_pumps.clone(),
+        )),
     ];
     debug!(pid = id, script = %program.display(), "script started");
     Ok(ScriptRun {
         child,
         group,
+        start,
         pumps,
+        stop_pumps,
     })
 }
 
@@ -131,10 +165,14 @@ impl ScriptRun {
         outcome
     }
 
-    /// Stops a running script for shutdown: SIGTERM to its group, SIGKILL
-    /// after a grace period, then waits for it.
+    /// Stops a running script for shutdown: SIGTERM to its group and to
+    /// the processes it detached, SIGKILL after a grace period, then waits
+    /// for it.
     pub async fn terminate(&mut self) {
         signal_group(self.group, Signal::SIGTERM);
+        if let Some(start) = self.start {
+            contain::signal_escaped(start, self.group, Signal::SIGTERM);
+        }
         if tokio::time::timeout(TERM_GRACE, self.child.wait())
             .await
             .is_err()
@@ -146,20 +184,43 @@ impl ScriptRun {
 
     /// Kills whatever is left of the group (background children of a
     /// script that exited, or the script itself after a timeout), reaps the
-    /// script and collects the output still in the pipes.
+    /// script, kills and reaps every process it detached, and collects the
+    /// output still in the pipes.
     async fn finish(&mut self) {
         signal_group(self.group, Signal::SIGKILL);
         let _ = self.child.wait().await;
-        for pump in self.pumps.drain(..) {
-            let abort = pump.abort_handle();
-            if tokio::time::timeout(DRAIN_GRACE, pump).await.is_err() {
-                // TODO(#4): a process that left the group (setsid) can hold
-                // the pipe open; containment with a subreaper will end it.
-                warn!("script output pipe still open after the script ended; output cut");
-                abort.abort();
-            }
+        if let Some(start) = self.start {
+            contain::sweep(start).await;
+        }
+        let pumps: Vec<JoinHandle<()>> = self.pumps.drain(..).collect();
+        let drained = drain_pumps(pumps, DRAIN_GRACE, &self.stop_pumps).await;
+        if !drained {
+            warn!(
+                "script output pipe still open {DRAIN_GRACE:?} after the script and everything \
+                 it started ended (held by a process out of icyci's reach); output cut"
+            );
         }
     }
+}
+
+/// Waits for every pump; when `grace` passes first, tells the rest to stop
+/// and waits for them to save what they have. True if all ended by
+/// themselves.
+async fn drain_pumps(
+    pumps: Vec<JoinHandle<()>>,
+    grace: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut drained = true;
+    for mut pump in pumps {
+        if tokio::time::timeout_at(deadline, &mut pump).await.is_err() {
+            drained = false;
+            stop.cancel();
+            let _ = pump.await;
+        }
+    }
+    drained
 }
 
 impl Drop for ScriptRun {
@@ -167,6 +228,10 @@ impl Drop for ScriptRun {
         // Never leave a test running behind a daemon that gave up on it.
         if !self.pumps.is_empty() {
             signal_group(self.group, Signal::SIGKILL);
+            if let Some(start) = self.start {
+                contain::kill_leftovers_now(start);
+            }
+            self.stop_pumps.cancel();
         }
     }
 }
@@ -184,13 +249,19 @@ fn signal_group(group: Pid, signal: Signal) {
 /// Chunks of output waiting for the daemon's own stdout or stderr.
 const PASSTHROUGH_BACKLOG: usize = 16;
 
-/// Copies `input` to `file` (all of it) and to `passthrough` (best effort).
-/// The passthrough runs in a task of its own behind a bounded queue: a
-/// daemon stdout that is closed or read slowly (a stalled pipe, a paused
-/// terminal) drops passthrough output instead of stalling the capture, and
-/// with it the script.
-async fn tee<R, W>(mut input: R, mut file: tokio::fs::File, passthrough: W)
-where
+/// Copies `input` to `capture` and to `passthrough` (best effort), until
+/// the pipe closes or `stop` fires. The passthrough runs in a task of its
+/// own behind a bounded queue: a daemon stdout that is closed or read
+/// slowly (a stalled pipe, a paused terminal) drops passthrough output
+/// instead of stalling the capture, and with it the script. The pipe is
+/// always read to its end, however much of it the capture keeps.
+async fn tee<R, W>(
+    stream: &'static str,
+    mut input: R,
+    mut capture: Capture,
+    passthrough: W,
+    stop: CancellationToken,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -198,17 +269,27 @@ where
     let forwarder = tokio::spawn(forward(backlog, passthrough));
     let mut buffer = vec![0u8; 64 * 1024];
     let mut dropped = 0usize;
+    let mut save_failed = false;
     loop {
-        let read = match input.read(&mut buffer).await {
+        let read = tokio::select! {
+            read = input.read(&mut buffer) => read,
+            () = stop.cancelled() => break,
+        };
+        let read = match read {
             Ok(0) => break,
             Ok(read) => read,
             Err(err) => {
-                warn!("reading script output failed: {err}");
+                warn!("reading script {stream} failed: {err}");
                 break;
             }
         };
-        if let Err(err) = file.write_all(&buffer[..read]).await {
-            warn!("saving script output failed: {err}");
+        if let Err(err) = capture.write(&buffer[..read]).await {
+            // Reported once: the pipe is still drained, for the passthrough
+            // and so that the script never blocks.
+            if !save_failed {
+                warn!("saving script {stream} failed: {err}");
+                save_failed = true;
+            }
         }
         if queue.try_send(buffer[..read].to_vec()).is_err() {
             if dropped == 0 {
@@ -217,13 +298,18 @@ where
             dropped += read;
         }
     }
-    if let Err(err) = file.flush().await {
-        warn!("saving script output failed: {err}");
+    match capture.finish().await {
+        Ok(summary) if summary.cut > 0 => info!(
+            "script {stream}: {} bytes, {} of them cut from the notes (-max-output)",
+            summary.total, summary.cut
+        ),
+        Ok(_) => {}
+        Err(err) => warn!("saving script {stream} failed: {err}"),
     }
     drop(queue);
     let _ = tokio::time::timeout(Duration::from_secs(1), forwarder).await;
     if dropped > 0 {
-        warn!("{dropped} bytes of script output were not passed through (the notes have them)");
+        warn!("{dropped} bytes of script output were not passed through (their capture for the notes is not affected)");
     }
 }
 

@@ -83,7 +83,13 @@ fn four_spellings_of_a_value_flag_and_of_once() {
     // Every note is in one of the four namespaces, none in the default one.
     let mut expected = Vec::new();
     for ns in ["ns-a", "ns-b", "ns-c", "ns-d"] {
-        for name in ["locked", "output.stderr", "output.stdout", "result.passed"] {
+        for name in [
+            "locked",
+            "output.stderr",
+            "output.stdout",
+            "result.passed",
+            "verified",
+        ] {
             expected.push(format!("refs/notes/{ns}.{name}"));
         }
     }

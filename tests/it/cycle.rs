@@ -31,6 +31,7 @@ fn separate_source_and_results_get_every_note_and_the_branch() {
             "refs/notes/icyci.output.stderr",
             "refs/notes/icyci.output.stdout",
             "refs/notes/icyci.result.passed",
+            "refs/notes/icyci.verified",
         ]
     );
     assert_lock_note(&fx.env, &fx.results, "icyci", &commit);
@@ -517,7 +518,11 @@ fn mirror_mode_without_a_test_script() {
     );
     assert_eq!(
         fx.env.note_refs(&fx.results),
-        ["refs/notes/icyci.locked", "refs/notes/icyci.result.passed"]
+        [
+            "refs/notes/icyci.locked",
+            "refs/notes/icyci.result.passed",
+            "refs/notes/icyci.verified",
+        ]
     );
     assert_eq!(fx.env.rev_parse(&fx.results, "refs/heads/main"), commit);
 }
@@ -1238,6 +1243,7 @@ fn notes_and_hooks_a_script_leaves_in_the_clone_are_not_used() {
             "refs/notes/icyci.output.stderr",
             "refs/notes/icyci.output.stdout",
             "refs/notes/icyci.result.passed",
+            "refs/notes/icyci.verified",
         ],
         "a note ref made by the script in the clone was pushed"
     );

@@ -123,8 +123,14 @@ fn different_namespaces_each_test_every_commit() {
     let expected_refs: Vec<String> = namespaces
         .iter()
         .flat_map(|ns| {
-            ["locked", "output.stderr", "output.stdout", "result.passed"]
-                .map(|n| format!("refs/notes/{ns}.{n}"))
+            [
+                "locked",
+                "output.stderr",
+                "output.stdout",
+                "result.passed",
+                "verified",
+            ]
+            .map(|n| format!("refs/notes/{ns}.{n}"))
         })
         .collect();
     assert_eq!(s.env.note_refs(&s.results), expected_refs);

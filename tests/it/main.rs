@@ -4,12 +4,14 @@
 mod common;
 
 mod cli;
+mod contain;
 mod cycle;
 mod harness;
 mod instances;
 mod notes_dir;
 mod remote;
 mod selftest;
+mod signers;
 mod site;
 mod verify;
 mod viewer;

@@ -109,6 +109,7 @@ fn names_that_are_not_valid_refs_are_skipped_with_a_log_line() {
         "output.stderr",
         "output.stdout",
         "result.passed",
+        "verified",
     ]
     .iter()
     .map(|n| format!("refs/notes/icyci.{n}"))
@@ -172,10 +173,16 @@ fn a_notes_dir_swapped_for_a_symlink_leaks_nothing() {
     assert_eq!(code, 0, "{stderr}");
     s.assert_passed(&commit);
     assert_eq!(s.note("output.stderr", &commit), Some(b"err\n".to_vec()));
-    let expected: Vec<String> = ["locked", "output.stderr", "output.stdout", "result.passed"]
-        .iter()
-        .map(|n| format!("refs/notes/icyci.{n}"))
-        .collect();
+    let expected: Vec<String> = [
+        "locked",
+        "output.stderr",
+        "output.stdout",
+        "result.passed",
+        "verified",
+    ]
+    .iter()
+    .map(|n| format!("refs/notes/icyci.{n}"))
+    .collect();
     assert_eq!(
         s.env.note_refs(&s.results),
         expected,
@@ -201,6 +208,7 @@ fn names_colliding_with_the_daemons_notes_are_refused() {
         "result.failed",
         "output.stdout",
         "output.stderr",
+        "verified",
     ];
     let mut body = String::from("echo real-err >&2\n");
     for name in forged {

@@ -452,6 +452,7 @@ fn site_is_deterministic_and_incremental() {
         format!("raw/{newest}/icyci/output.stderr"),
         format!("raw/{newest}/icyci/output.stdout"),
         format!("raw/{newest}/icyci/size-report"),
+        format!("raw/{newest}/icyci/verified"),
     ];
     expected.sort();
     assert_eq!(changed(&before, &stamps(&first)), expected);
@@ -473,7 +474,7 @@ fn site_is_deterministic_and_incremental() {
     for commit in [&results.passed, &results.failed] {
         expected.push(format!("commit/{commit}.html"));
         for ns in ["icyci", "icyci-arm"] {
-            for name in ["output.stderr", "output.stdout", "size-report"] {
+            for name in ["output.stderr", "output.stdout", "size-report", "verified"] {
                 expected.push(format!("raw/{commit}/{ns}/{name}"));
             }
         }

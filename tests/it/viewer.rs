@@ -328,6 +328,11 @@ fn show_prints_verdicts_outputs_and_extra_notes() {
 
     let text = success(&r.icyci(&["show", &r.first]));
     let repo = r.repo();
+    let verified_size = |ns: &str| {
+        r.env()
+            .note(&r.fx.results, ns, "verified", &r.first)
+            .map_or(0, |note| note.len())
+    };
     let expected = format!(
         "commit {first}\n\
          Author: icyci test\n\
@@ -339,6 +344,7 @@ fn show_prints_verdicts_outputs_and_extra_notes() {
          \n-- stderr --\nfirst err\n\
          \n-- extra notes --\n\
          blob.bin  {size} bytes\n\
+         verified  {verified} bytes\n\
          write one to a file: icyci show {first} --repo {repo} --ns icyci --note NAME --output FILE\n\
          \n== icyci-aarch64: failed ==\n\
          {script} failed: exit status 3\n\
@@ -347,12 +353,16 @@ fn show_prints_verdicts_outputs_and_extra_notes() {
          \n-- stdout --\naarch64 out\n\
          \n-- stderr --\naarch64 err\n\
          \n-- extra notes --\n\
-         size  3 bytes\n\
+         size      3 bytes\n\
+         verified  {verified_aarch64} bytes\n\
          write one to a file: icyci show {first} --repo {repo} --ns icyci-aarch64 --note NAME \
          --output FILE\n",
         first = r.first,
         size = BLOB.len(),
         script = r.env().path("aarch64.sh").display(),
+        // The provenance note of each run (its signature time varies, not its size).
+        verified = verified_size("icyci"),
+        verified_aarch64 = verified_size("icyci-aarch64"),
     );
     assert_eq!(text, expected);
     assert!(!pager_ran.exists(), "the pager ran with stdout piped");
@@ -673,7 +683,7 @@ fn fanned_out_notes_trees_are_read() {
             .and_then(|n| n.parse().ok())
             .expect("commit <n>");
         let icyci = ["passed", "failed", "running"][i % 3];
-        let aarch64 = if i % 2 == 0 { "passed" } else { "untested" };
+        let aarch64 = if i.is_multiple_of(2) { "passed" } else { "untested" };
         assert_eq!(
             commit["results"],
             serde_json::json!({"icyci": icyci, "icyci-aarch64": aarch64}),
