@@ -79,6 +79,9 @@ pub enum UsageError {
     /// A `-trusted-signers` file that cannot be read or has a bad line.
     #[error(transparent)]
     TrustedSigners(#[from] TrustListError),
+    /// A lease too short to be renewed in time.
+    #[error("invalid value for -lock-lease: must be at least 1s")]
+    LeaseTooShort,
     /// `-accept-expired-before-expiry` relaxes a list that is not given.
     #[error("-accept-expired-before-expiry needs -trusted-signers")]
     ExpiryWithoutTrustedSigners,
@@ -91,7 +94,7 @@ enum Kind {
 }
 
 /// Every daemon flag: name, kind, the value's placeholder in the usage, help.
-const FLAGS: [(&str, Kind, &str, &str); 18] = [
+const FLAGS: [(&str, Kind, &str, &str); 21] = [
     (
         "source-repo",
         Kind::Value,
@@ -165,6 +168,12 @@ const FLAGS: [(&str, Kind, &str, &str); 18] = [
         "keep at most SIZE of stdout and of stderr in the notes: its head and tail (default 16MiB)",
     ),
     (
+        "state-dir",
+        Kind::Value,
+        "DIR",
+        "keep results not yet pushed in DIR/spool (default $XDG_STATE_HOME/icyci/<job>)",
+    ),
+    (
         "keep-full-output",
         Kind::Bool,
         "",
@@ -188,6 +197,19 @@ const FLAGS: [(&str, Kind, &str, &str); 18] = [
         "",
         "with -trusted-signers, accept an expired key for signatures made before its expiry",
     ),
+    (
+        "lock-lease",
+        Kind::Value,
+        "DURATION",
+        "lease of a lock note, renewed while the script runs; an expired lease with no result \
+         lets another instance take the commit over (default: the script's time limit + 10m)",
+    ),
+    (
+        "stale-lock-after",
+        Kind::Value,
+        "DURATION",
+        "take over a lock without a lease (written by the original icyCI) this long after its time",
+    ),
     ("v", Kind::Bool, "", "print the version and exit"),
     ("help", Kind::Bool, "", "print this help and exit (also -h)"),
 ];
@@ -196,7 +218,7 @@ const FLAGS: [(&str, Kind, &str, &str); 18] = [
 pub fn usage() -> String {
     let mut text = String::from(
         "Usage: icyci -source-repo URL -results-repo URL [flags]\n       \
-         icyci demo | results | show | status | site ...   (each with --help)\n\nFlags:\n",
+         icyci demo | results | show | status | site | retest ...   (each with --help)\n\nFlags:\n",
     );
     for (name, _, value, help) in FLAGS {
         let separator = if value.is_empty() { "" } else { " " };
@@ -345,6 +367,14 @@ impl RawFlags {
             timeouts = Timeouts::disabled();
         }
 
+        let lock_lease = self.duration(
+            "lock-lease",
+            crate::lease::default_lease(timeouts.for_state(State::AwaitCommand)),
+        )?;
+        if lock_lease < Duration::from_secs(1) {
+            return Err(UsageError::LeaseTooShort);
+        }
+
         Ok(JobConfig {
             source: RepoUrl::new(source)?,
             branch: BranchName::new(self.get("source-branch").unwrap_or("main"))?,
@@ -353,7 +383,6 @@ impl RawFlags {
             push_source_to_results: self.get("push-source-to-results") != Some("false"),
             poll_interval: self.duration("poll-interval", Duration::from_secs(60))?,
             notes_ns: NotesNamespace::new(self.get("notes-ns").unwrap_or("icyci"))?,
-            timeouts,
             source_reference: match self.get("source-reference") {
                 Some("") => return Err(ConfigError::EmptyReference.into()),
                 other => other.map(str::to_owned),
@@ -372,6 +401,16 @@ impl RawFlags {
                 })?,
             },
             keep_full_output: self.flag("keep-full-output"),
+            state_dir: match self.get("state-dir") {
+                Some("") => return Err(ConfigError::EmptyStateDir.into()),
+                other => other.map(PathBuf::from),
+            },
+            lock_lease,
+            stale_lock_after: match self.get("stale-lock-after") {
+                None => None,
+                Some(_) => Some(self.duration("stale-lock-after", Duration::ZERO)?),
+            },
+            timeouts,
         })
     }
 }
@@ -405,6 +444,28 @@ mod tests {
     }
 
     const BASE: [&str; 4] = ["-source-repo", "/src", "-results-repo", "/res"];
+
+    #[test]
+    fn lock_lease_flags() {
+        let config = run(&BASE).expect("valid");
+        assert_eq!(config.lock_lease, Duration::from_secs(2 * 3600 + 600));
+        assert_eq!(config.stale_lock_after, None);
+        let all: Vec<&str> = BASE
+            .iter()
+            .copied()
+            .chain(["-timeout=await-command:1m", "-stale-lock-after=1h"])
+            .collect();
+        let config = run(&all).expect("valid");
+        assert_eq!(config.lock_lease, Duration::from_secs(660));
+        assert_eq!(config.stale_lock_after, Some(Duration::from_secs(3600)));
+        let all: Vec<&str> = BASE.iter().copied().chain(["-lock-lease=5m"]).collect();
+        assert_eq!(
+            run(&all).expect("valid").lock_lease,
+            Duration::from_secs(300)
+        );
+        let all: Vec<&str> = BASE.iter().copied().chain(["-lock-lease=500ms"]).collect();
+        assert_eq!(run(&all).unwrap_err(), UsageError::LeaseTooShort);
+    }
 
     #[test]
     fn four_spellings_of_a_value_flag() {

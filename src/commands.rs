@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Names that select a subcommand instead of the daemon's flags.
-pub const SUBCOMMANDS: [&str; 5] = ["demo", "results", "show", "status", "site"];
+pub const SUBCOMMANDS: [&str; 6] = ["demo", "results", "show", "status", "site", "retest"];
 
 /// `icyci <subcommand> ...`
 #[derive(Debug, Parser)]
@@ -37,6 +37,9 @@ pub enum Action {
     Status(StatusArgs),
     /// Write a static HTML site of the results.
     Site(SiteArgs),
+    /// Remove a commit's lock and result notes from one namespace, so that
+    /// the daemon tests it again.
+    Retest(RetestArgs),
 }
 
 /// Where results are read from.
@@ -133,4 +136,20 @@ pub struct SiteArgs {
     /// Number of commits.
     #[arg(short = 'n', default_value_t = 50)]
     pub count: usize,
+}
+
+/// `icyci retest`
+#[derive(Debug, Clone, Args)]
+pub struct RetestArgs {
+    /// The commit's full id.
+    pub commit: String,
+    /// Results repository (any URL or path git accepts).
+    #[arg(long, value_name = "URL")]
+    pub results_repo: String,
+    /// Notes namespace.
+    #[arg(long, value_name = "NS", default_value = "icyci")]
+    pub ns: String,
+    /// Remove the lock even while a live lease holds it.
+    #[arg(long)]
+    pub force: bool,
 }

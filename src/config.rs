@@ -39,6 +39,9 @@ pub enum ConfigError {
     /// An empty `-site-dir`.
     #[error("invalid site directory: empty path")]
     EmptySiteDir,
+    /// An empty `-state-dir`.
+    #[error("invalid state directory: empty path")]
+    EmptyStateDir,
     /// An empty `-trusted-signers`.
     #[error("invalid trusted signers file: empty path")]
     EmptyTrustedSigners,
@@ -290,6 +293,66 @@ pub struct JobConfig {
     pub max_output: u64,
     /// Also publish the whole stdout and stderr (`full-output.*` notes).
     pub keep_full_output: bool,
+    /// `-state-dir`: where results wait until they are pushed; `None`: the
+    /// default, [`default_state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// How long a lock note's lease runs; renewed while the script runs.
+    pub lock_lease: Duration,
+    /// Take over a lock without a lease (written by the original) this long
+    /// after its time; `None`: never.
+    pub stale_lock_after: Option<Duration>,
+}
+
+/// The default state directory of a job: `$XDG_STATE_HOME/icyci/<job>`, or
+/// `~/.local/state/icyci/<job>`; `None` when neither variable is set.
+pub fn default_state_dir(config: &JobConfig) -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(state) => PathBuf::from(state),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?)
+            .join(".local")
+            .join("state"),
+    };
+    Some(base.join("icyci").join(job_name(config)))
+}
+
+/// A readable, filesystem-safe name of a job: the source without
+/// credentials, the branch and the namespace, such as
+/// `git_example.org_linux.git@master@icyci`; long names are shortened and
+/// made unique with a hash of the whole.
+pub fn job_name(config: &JobConfig) -> String {
+    let source = mask_credentials(config.source.as_git_arg()).replace(":***@", "@");
+    // No user name either: the same job whoever logs in.
+    let source = match source.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}_{rest}")
+        }
+        None => source,
+    };
+    let full = format!("{source}@{}@{}", config.branch, config.notes_ns.as_str());
+    let mut name: String = full
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '@' => c,
+            _ => '_',
+        })
+        .collect();
+    name = name.trim_matches('_').to_owned();
+    while name.contains("__") {
+        name = name.replace("__", "_");
+    }
+    if name.starts_with('.') {
+        name.insert(0, '_');
+    }
+    const MAX: usize = 80;
+    if name.len() > MAX {
+        // FNV-1a: stable across releases, unlike std's hasher.
+        let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        name = format!("{}-{hash:016x}", &name[name.len() - (MAX - 17)..]);
+    }
+    name
 }
 
 /// `-max-output` by default: 16 MiB of each stream.

@@ -46,6 +46,8 @@ fn run() -> Result<ExitCode> {
         format!("-source-repo={}", demo.source.display()),
         format!("-results-repo={}", demo.results.display()),
         "-test-script=.icyci/test.sh".to_owned(),
+        // Keep the job's state with the demo's other files, removed with them.
+        format!("-state-dir={}", dir.path().join("state").display()),
         "-once".to_owned(),
     ];
     println!("== icyci demo: a signed commit in a throwaway repository (removed at the end)");

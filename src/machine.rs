@@ -27,14 +27,15 @@ use crate::config::JobConfig;
 use crate::contain;
 use crate::duration::{format_duration, round_to_millis};
 use crate::git::{Git, GitError};
-use crate::notes::{LockOutcome, NotesError, NotesStore, RESULTS_REMOTE};
+use crate::notes::{LockOutcome, NotesError, NotesStore, RenewOutcome, RESULTS_REMOTE};
 use crate::notes_dir::{collect_extra_notes, FULL_OUTPUT_NOTES};
 use crate::publish::{publish, BranchUpdate, Publication, StagedNote};
 use crate::retry::Backoff;
 use crate::runner::{self, ScriptOutcome, ScriptRun, ScriptSpec};
 use crate::site;
+use crate::spool::{Spool, SpoolEntry};
 use crate::state::State;
-use crate::verify::{describe_rejections, verify_tip, Verification, VerifiedTip};
+use crate::verify::{describe_rejections, verify_tip, Provenance, Verification, VerifiedTip};
 use crate::workspace::{remove_tree, Workspace};
 
 /// Result of `-once`, which is also its exit status.
@@ -154,6 +155,14 @@ pub struct Job {
     held: Option<Claim>,
     /// Staged results not yet pushed.
     pending: Option<Publication>,
+    /// Whether `pending` is also in the spool.
+    pending_spooled: bool,
+    /// Results on disk until pushed; see [`crate::spool`].
+    spool: Spool,
+    /// Spooled results whose in-cycle push failed, retried at each poll.
+    backlog: Vec<Publication>,
+    backlog_backoff: Backoff,
+    backlog_due: tokio::time::Instant,
     running: Option<ScriptRun>,
     checked_out: bool,
     /// Attempts to run the held commit and stage its results.
@@ -201,9 +210,10 @@ impl Failures {
 
 impl Job {
     /// A job working in `workspace`.
-    pub fn new(config: JobConfig, workspace: Workspace) -> Self {
+    pub fn new(config: JobConfig, workspace: Workspace, spool: Spool) -> Self {
         let source = Git::new(workspace.source_dir());
-        let store = NotesStore::new(source.clone(), config.notes_ns.clone());
+        let store = NotesStore::new(source.clone(), config.notes_ns.clone())
+            .with_leases(config.lock_lease, config.stale_lock_after);
         let same_repository = config.source.same_repository(&config.results);
         Job {
             config,
@@ -214,6 +224,11 @@ impl Job {
             last_handled: None,
             held: None,
             pending: None,
+            pending_spooled: false,
+            spool,
+            backlog: Vec::new(),
+            backlog_backoff: backlog_backoff(),
+            backlog_due: tokio::time::Instant::now(),
             running: None,
             checked_out: false,
             run_attempts: 0,
@@ -403,9 +418,16 @@ impl Job {
             .run()
             .await?;
         self.ensure_identity().await?;
+        self.load_spool().await?;
 
         if let Some(step) = self.owned_work() {
             return Ok(step);
+        }
+        if !self.backlog.is_empty() {
+            // Delivered first, by the poll.
+            return Ok(Step::Poll {
+                wait: Duration::ZERO,
+            });
         }
         let tip = self.source_tip().await?;
         Ok(Step::Verify { tip })
@@ -442,6 +464,7 @@ impl Job {
 
     async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(wait).await;
+        self.deliver_backlog().await;
         if let Some(step) = self.owned_work() {
             return Ok(step);
         }
@@ -570,7 +593,11 @@ impl Job {
             .running
             .as_mut()
             .expect("await-command follows a started script");
-        let outcome = run.wait(limit).await;
+        let renewals = renew_lease(&self.store, &claim.tip.commit, self.config.lock_lease);
+        let outcome = tokio::select! {
+            outcome = run.wait(limit) => outcome,
+            never = renewals => match never {},
+        };
         self.running = None;
         match &outcome {
             ScriptOutcome::Passed => info!(commit = %claim.tip.commit, "script passed"),
@@ -658,6 +685,30 @@ impl Job {
         });
 
         let passed = !matches!(outcome, Some(ScriptOutcome::Failed(_)));
+        let push_tag = self.config.push_source_to_results && !self.same_repository;
+        let entry = SpoolEntry {
+            commit: claim.tip.commit.clone(),
+            passed,
+            tag: claim.tip.tag.clone().filter(|_| push_tag),
+            branch: claim.branch.clone(),
+            notes: notes.clone(),
+        };
+        let spool = self.spool.clone();
+        let written = tokio::task::spawn_blocking(move || spool.write(&entry))
+            .await
+            .map_err(std::io::Error::other)?;
+        self.pending_spooled = match written {
+            Ok(()) => true,
+            Err(err) => {
+                // Still pushed as before, only not kept across a restart.
+                warn!(
+                    commit = %claim.tip.commit,
+                    spool = %self.spool.dir().display(),
+                    "results not written to the spool: {err}"
+                );
+                false
+            }
+        };
         let publication = Publication::stage(
             &self.source,
             claim.tip,
@@ -676,8 +727,29 @@ impl Job {
 
     async fn push(&mut self) -> Result<Step, StepError> {
         let publication = self.pending.as_mut().expect("push follows staged results");
-        publish(&self.store, &self.source, publication).await?;
+        // Spooled results need not hold up the cycle: after a few failed
+        // rounds they wait in the spool and the job goes on testing.
+        let limit = (self.pending_spooled && !self.config.once).then_some(IN_CYCLE_PUSH_FAILURES);
+        if let Err(err) = publish(&self.store, &self.source, publication, limit).await {
+            if limit.is_none() {
+                return Err(err.into());
+            }
+            let publication = self.pending.take().expect("still staged");
+            let commit = publication.tip.commit.clone();
+            warn!(
+                commit = %commit,
+                spool = %self.spool.dir().display(),
+                "results not pushed: {err}; they wait in the spool and are retried at each poll"
+            );
+            self.last_handled = Some(commit);
+            self.backlog.push(publication);
+            return Ok(Step::Cleanup {
+                once: None,
+                then_wait: self.config.poll_interval,
+            });
+        }
         let publication = self.pending.take().expect("still staged");
+        self.unspool(&publication.tip.commit).await;
         self.last_handled = Some(publication.tip.commit.clone());
         if let Some(dir) = &self.config.site_dir {
             site::refresh_daemon_site(&self.source, &self.config, dir).await;
@@ -739,9 +811,14 @@ impl Job {
     async fn hand_back(&mut self) {
         if let Some(publication) = self.pending.as_mut() {
             let commit = publication.tip.commit.clone();
-            let attempt = publish(&self.store, &self.source, publication);
+            let attempt = publish(&self.store, &self.source, publication, None);
             match tokio::time::timeout(SHUTDOWN_GRACE, attempt).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => self.unspool(&commit).await,
+                Err(_) if self.pending_spooled => warn!(
+                    commit = %commit,
+                    spool = %self.spool.dir().display(),
+                    "results not pushed before exit; they wait in the spool for the next start"
+                ),
                 Ok(Err(err)) => warn!(commit = %commit, "results not pushed before exit: {err}"),
                 Err(_) => warn!(
                     commit = %commit,
@@ -762,6 +839,121 @@ impl Job {
                     "lock not released: no answer from the results repository within {}",
                     format_duration(SHUTDOWN_GRACE)
                 ),
+            }
+        }
+    }
+
+    /// Removes the spool entry of results just pushed.
+    async fn unspool(&self, commit: &str) {
+        let (spool, owned) = (self.spool.clone(), commit.to_owned());
+        let removed = tokio::task::spawn_blocking(move || spool.remove(&owned)).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(commit = %commit, "spool entry not removed: {err}"),
+            Err(err) => warn!(commit = %commit, "spool entry not removed: {err}"),
+        }
+    }
+
+    /// After a (re)clone: the spool's entries become the backlog, their
+    /// notes hashed into the new clone. Results staged in the old clone are
+    /// among them when they were spooled.
+    async fn load_spool(&mut self) -> Result<(), StepError> {
+        if self.pending_spooled {
+            self.pending = None;
+        }
+        self.backlog.clear();
+        let spool = self.spool.clone();
+        let entries = tokio::task::spawn_blocking(move || spool.entries())
+            .await
+            .map_err(std::io::Error::other)??;
+        for mut entry in entries {
+            let commit = entry.commit.clone();
+            if (entry.branch.is_some() || entry.tag.is_some()) && !self.has_object(&commit).await {
+                // The branch was rewritten since: fetch the commit by id. If
+                // the source no longer has it, the notes still go (git
+                // annotates an object it does not have), not the branch.
+                let fetched = self
+                    .source
+                    .command("fetch")
+                    .args(["--quiet", "origin"])
+                    .positional([commit.as_str()])
+                    .run()
+                    .await;
+                if fetched.is_err() || !self.has_object(&commit).await {
+                    warn!(commit = %commit, "spooled commit no longer in the source; pushing its notes only");
+                    entry.branch = None;
+                    entry.tag = None;
+                }
+            }
+            if let Some(tag) = entry.tag.clone() {
+                if !self.has_object(&tag.object).await {
+                    warn!(commit = %commit, tag = %tag.refname, "spooled tag no longer in the source; not pushed");
+                    entry.tag = None;
+                }
+            }
+            let tip = VerifiedTip {
+                commit: commit.clone(),
+                tag: entry.tag.clone(),
+                provenance: Provenance {
+                    signature: None,
+                    trusted_signers: false,
+                    key_expired: None,
+                },
+            };
+            let push_tag = tip.tag.is_some();
+            let publication = Publication::stage(
+                &self.source,
+                tip,
+                entry.notes,
+                entry.branch,
+                push_tag,
+                entry.passed,
+            )
+            .await?;
+            info!(commit = %commit, "spooled results found; delivering them");
+            self.backlog.push(publication);
+        }
+        self.backlog_backoff = backlog_backoff();
+        self.backlog_due = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    async fn has_object(&self, id: &str) -> bool {
+        self.source
+            .command("cat-file")
+            .args(["-e", "--end-of-options"])
+            .arg(id)
+            .run()
+            .await
+            .is_ok()
+    }
+
+    /// One push attempt for each spooled result, when due; stops at the
+    /// first failure and waits longer next time.
+    async fn deliver_backlog(&mut self) {
+        if self.backlog.is_empty() || tokio::time::Instant::now() < self.backlog_due {
+            return;
+        }
+        while let Some(publication) = self.backlog.first_mut() {
+            let commit = publication.tip.commit.clone();
+            match publish(&self.store, &self.source, publication, Some(1)).await {
+                Ok(()) => {
+                    info!(commit = %commit, "spooled results delivered");
+                    self.backlog.remove(0);
+                    self.unspool(&commit).await;
+                    self.backlog_backoff = backlog_backoff();
+                }
+                Err(err) => {
+                    let delay = self.backlog_backoff.next_delay();
+                    warn!(
+                        commit = %commit,
+                        waiting = self.backlog.len(),
+                        retry_in = %format_duration(round_to_millis(delay)),
+                        "spooled results not delivered: {err}"
+                    );
+                    self.backlog_due = tokio::time::Instant::now() + delay;
+                    return;
+                }
             }
         }
     }
@@ -788,6 +980,14 @@ impl Job {
     }
 }
 
+/// Failed push rounds of spooled results before the cycle moves on.
+const IN_CYCLE_PUSH_FAILURES: u32 = 3;
+
+/// Delays between delivery attempts of the backlog.
+fn backlog_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// A locked commit whose run or staging fails this often is given up.
 const MAX_RUN_ATTEMPTS: u32 = 3;
 
@@ -796,6 +996,38 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// With `-once`, a clone is tried this many times before giving up.
 const ONCE_CLONE_ATTEMPTS: u32 = 5;
+
+/// Keeps the lease of the lock on `commit` alive while the script runs. A
+/// failed renewal is a warning only: the run goes on, and a later renewal
+/// may succeed before the lease ends.
+async fn renew_lease(
+    store: &NotesStore,
+    commit: &str,
+    lease: Duration,
+) -> std::convert::Infallible {
+    let interval = crate::lease::renew_interval(lease);
+    let mut lost = false;
+    loop {
+        tokio::time::sleep(interval).await;
+        if lost {
+            continue;
+        }
+        match store.renew(commit).await {
+            Ok(RenewOutcome::Renewed(until)) => {
+                tracing::debug!(commit = %commit, "lease renewed until {}", crate::lease::format_unix(until));
+            }
+            Ok(RenewOutcome::Lost(found)) => {
+                lost = true;
+                warn!(
+                    commit = %commit,
+                    "the lock is no longer ours (found {}); the run goes on, its results are still pushed",
+                    found.as_deref().map_or("no lock note".into(), |t| format!("{:?}", t.lines().nth(1).unwrap_or(t)))
+                );
+            }
+            Err(err) => warn!(commit = %commit, "lease not renewed: {err}"),
+        }
+    }
+}
 
 async fn sleep_or_forever(limit: Option<Duration>) {
     match limit {

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use icyci::cli::{parse_args, usage, Invocation};
 use icyci::commands::{Action, Command, SUBCOMMANDS};
-use icyci::config::JobConfig;
+use icyci::config::{default_state_dir, JobConfig};
 use icyci::machine::{Job, JobExit};
+use icyci::spool::{create_private_dir_all, Spool};
 use icyci::workspace::Workspace;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast;
@@ -49,6 +50,7 @@ fn run_subcommand(command: Command) -> ExitCode {
         Action::Show(args) => icyci::viewer::show(args),
         Action::Status(args) => icyci::viewer::status(args),
         Action::Site(args) => icyci::site::site(args),
+        Action::Retest(args) => icyci::retest::retest(args),
     }
 }
 
@@ -60,6 +62,9 @@ fn anchor_paths(mut config: JobConfig) -> JobConfig {
     };
     config.source = config.source.anchored_at(&cwd);
     config.results = config.results.anchored_at(&cwd);
+    if let Some(state_dir) = config.state_dir.as_mut() {
+        *state_dir = cwd.join(&*state_dir);
+    }
     if let Some(site_dir) = config.site_dir.as_mut() {
         *site_dir = cwd.join(&*site_dir);
     }
@@ -73,6 +78,13 @@ fn anchor_paths(mut config: JobConfig) -> JobConfig {
 
 fn run(config: JobConfig) -> ExitCode {
     init_logging();
+    let spool = match open_spool(&config) {
+        Ok(spool) => spool,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Processes a test script detaches are then re-parented to the daemon,
     // which finds and kills them when the script ends.
     if let Err(err) = icyci::contain::become_subreaper() {
@@ -108,7 +120,7 @@ fn run(config: JobConfig) -> ExitCode {
             tracing::error!("cannot install signal handlers: {err}");
             return ExitCode::FAILURE;
         }
-        let exit = Job::new(config, workspace).run(shutdown, usr1).await;
+        let exit = Job::new(config, workspace, spool).run(shutdown, usr1).await;
         match exit {
             JobExit::Stopped => ExitCode::SUCCESS,
             JobExit::Once(result) => ExitCode::from(result as u8),
@@ -118,6 +130,24 @@ fn run(config: JobConfig) -> ExitCode {
     // runtime thread blocked in write(2); the job is done, so do not wait.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     status
+}
+
+/// Creates the state directory (mode 0700) and opens its spool, which
+/// drops half-written entries.
+fn open_spool(config: &JobConfig) -> Result<Spool, String> {
+    let dir = match config
+        .state_dir
+        .clone()
+        .or_else(|| default_state_dir(config))
+    {
+        Some(dir) => dir,
+        None => {
+            return Err("no state directory: set -state-dir, $XDG_STATE_HOME or $HOME".to_owned())
+        }
+    };
+    create_private_dir_all(&dir)
+        .and_then(|()| Spool::open(&dir))
+        .map_err(|err| format!("cannot create the state directory {}: {err}", dir.display()))
 }
 
 /// SIGTERM, SIGINT and SIGHUP stop every job; SIGUSR1 is passed on to them.

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::config::{BranchName, NotesNamespace};
 use crate::duration::{format_duration, round_to_millis};
-use crate::git::{parse_push_porcelain, Git, GitError, PushedRef};
+use crate::git::{parse_push_porcelain, Git, GitError, PushStatus, PushedRef};
+use crate::lease::{self, judge_lock, parse_lock_note, Holder, LockVerdict};
 use crate::retry::Backoff;
 
 /// The git remote name under which the results repository is configured.
@@ -26,6 +27,9 @@ pub const RESULTS_REMOTE: &str = "results";
 const LOCK_ATTEMPTS: u32 = 10;
 /// Releasing a lock races other instances' lock pushes like taking one.
 const UNLOCK_ATTEMPTS: u32 = 3;
+/// Rounds of a lease renewal; other instances locking other commits move
+/// the lock ref and make a round fail.
+const RENEW_ATTEMPTS: u32 = 4;
 
 /// A failure of the notes store that the caller may retry later.
 #[derive(Debug, Error)]
@@ -65,6 +69,16 @@ pub enum LockOutcome {
     AlreadyLocked,
 }
 
+/// The outcome of renewing a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// The lease now runs until this unix time.
+    Renewed(i64),
+    /// The lock note is no longer ours (taken over, or removed); the text
+    /// found, if any.
+    Lost(Option<String>),
+}
+
 /// One round of the lock protocol.
 enum LockAttempt {
     Done(LockOutcome),
@@ -78,13 +92,28 @@ enum LockAttempt {
 pub struct NotesStore {
     git: Git,
     namespace: NotesNamespace,
+    lease: Duration,
+    stale_lock_after: Option<Duration>,
 }
 
 impl NotesStore {
     /// A store over the clone `git`, whose remote `results` is the results
     /// repository.
     pub fn new(git: Git, namespace: NotesNamespace) -> Self {
-        NotesStore { git, namespace }
+        NotesStore {
+            git,
+            namespace,
+            lease: lease::default_lease(crate::state::State::AwaitCommand.default_timeout()),
+            stale_lock_after: None,
+        }
+    }
+
+    /// Sets the lease written into lock notes and when a lock without a
+    /// lease counts as stale (`None`: never).
+    pub fn with_leases(mut self, lease: Duration, stale_lock_after: Option<Duration>) -> Self {
+        self.lease = lease;
+        self.stale_lock_after = stale_lock_after;
+        self
     }
 
     /// The namespace.
@@ -168,13 +197,13 @@ impl NotesStore {
             .git
             .command("notes")
             .arg(format!("--ref={lock_ref}"))
-            .args(["add", "-m", &lock_text()])
+            .args(["add", "-m", &lease::current_lock_text(self.lease)])
             .positional([commit])
             .output()
             .await?;
         if !added.status.success() {
             if added.stderr.contains("existing notes") {
-                return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked));
+                return self.try_takeover(commit, branch_value).await;
             }
             return Err(added
                 .into_result()
@@ -195,6 +224,151 @@ impl NotesStore {
         }
     }
 
+    /// The lock on `commit` exists: take it over when it is stale, with a
+    /// push that only succeeds if nobody changed the lock ref since it was
+    /// fetched, so that of several instances exactly one wins.
+    async fn try_takeover(
+        &self,
+        commit: &str,
+        branch_value: Option<String>,
+    ) -> Result<LockAttempt, GitError> {
+        let lock_ref = self.namespace.note_ref("locked");
+        let Some(text) = self.note_text("locked", commit).await? else {
+            // Raced with a removal between add and show: try again.
+            return Ok(LockAttempt::Raced("lock note vanished".into()));
+        };
+        let note = parse_lock_note(&text);
+        let has_result = self.has_note("result.passed", commit).await?
+            || self.has_note("result.failed", commit).await?;
+        let now = chrono::Utc::now().timestamp();
+        let reason = match judge_lock(&note, has_result, now, self.stale_lock_after) {
+            LockVerdict::Held => return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked)),
+            LockVerdict::Stale(reason) => reason,
+        };
+        let fetched = self.local_ref(&lock_ref).await?.unwrap_or_default();
+        self.git
+            .command("notes")
+            .arg(format!("--ref={lock_ref}"))
+            .args(["add", "-f", "-m", &lease::current_lock_text(self.lease)])
+            .positional([commit])
+            .run()
+            .await?;
+        let lease = format!("{lock_ref}:{fetched}");
+        let pushed = self
+            .push(&[format!("{lock_ref}:{lock_ref}")], Some(&lease))
+            .await?;
+        match pushed.iter().find(|p| p.remote_ref == lock_ref) {
+            Some(PushedRef {
+                status: PushStatus::Accepted,
+                ..
+            }) => {
+                let holder = note
+                    .holder
+                    .map_or_else(|| "an unknown holder".to_owned(), |h| h.to_string());
+                info!("taking over stale lock of {commit} held by {holder} ({reason})");
+                Ok(LockAttempt::Done(LockOutcome::Taken { branch_value }))
+            }
+            Some(other) => Ok(LockAttempt::Raced(format!("{:?}", other.status))),
+            None => Err(missing_push_status(&lock_ref)),
+        }
+    }
+
+    /// Renews this process's lease on `commit`: rewrites its own lock note
+    /// and pushes it with a lease on the lock ref just fetched, retrying
+    /// when other instances moved the ref meanwhile.
+    pub async fn renew(&self, commit: &str) -> Result<RenewOutcome, NotesError> {
+        let lock_ref = self.namespace.note_ref("locked");
+        let mut last = String::new();
+        for attempt in 1..=RENEW_ATTEMPTS {
+            self.git
+                .command("fetch")
+                .args(["--no-tags", "--no-write-fetch-head", "--quiet"])
+                .positional([RESULTS_REMOTE])
+                .arg(format!("+{lock_ref}:{lock_ref}"))
+                .run()
+                .await?;
+            let text = self.note_text("locked", commit).await?;
+            let ours = text
+                .as_deref()
+                .map(parse_lock_note)
+                .and_then(|note| note.holder)
+                .is_some_and(|holder| holder.id == Holder::current().id);
+            if !ours {
+                return Ok(RenewOutcome::Lost(text));
+            }
+            let fetched = self.local_ref(&lock_ref).await?.unwrap_or_default();
+            let text = lease::current_lock_text(self.lease);
+            self.git
+                .command("notes")
+                .arg(format!("--ref={lock_ref}"))
+                .args(["add", "-f", "-m", &text])
+                .positional([commit])
+                .run()
+                .await?;
+            let lease = format!("{lock_ref}:{fetched}");
+            let pushed = self
+                .push(&[format!("{lock_ref}:{lock_ref}")], Some(&lease))
+                .await?;
+            match pushed.iter().find(|p| p.remote_ref == lock_ref) {
+                Some(PushedRef {
+                    status: PushStatus::Accepted,
+                    ..
+                }) => {
+                    let until = parse_lock_note(&text).lease_until.unwrap_or_default();
+                    return Ok(RenewOutcome::Renewed(until));
+                }
+                Some(other) => last = format!("{:?}", other.status),
+                None => return Err(missing_push_status(&lock_ref).into()),
+            }
+            if attempt < RENEW_ATTEMPTS {
+                tokio::time::sleep(Backoff::race_delay(attempt)).await;
+            }
+        }
+        Err(NotesError::LockAttempts {
+            attempts: RENEW_ATTEMPTS,
+            last,
+        })
+    }
+
+    /// The text of the note `name` of `commit` in the local refs, if any.
+    async fn note_text(&self, name: &str, commit: &str) -> Result<Option<String>, GitError> {
+        let shown = self
+            .git
+            .command("notes")
+            .arg(format!("--ref={}", self.namespace.note_ref(name)))
+            .arg("show")
+            .positional([commit])
+            .output()
+            .await?;
+        Ok(shown.status.success().then(|| shown.stdout_text()))
+    }
+
+    async fn has_note(&self, name: &str, commit: &str) -> Result<bool, GitError> {
+        let listed = self
+            .git
+            .command("notes")
+            .arg(format!("--ref={}", self.namespace.note_ref(name)))
+            .arg("list")
+            .positional([commit])
+            .output()
+            .await?;
+        Ok(listed.status.success())
+    }
+
+    async fn local_ref(&self, refname: &str) -> Result<Option<String>, GitError> {
+        let parsed = self
+            .git
+            .command("rev-parse")
+            .args(["--verify", "--quiet", "--end-of-options"])
+            .arg(refname)
+            .output()
+            .await?;
+        Ok(parsed
+            .status
+            .success()
+            .then(|| parsed.stdout_text().trim().to_owned()))
+    }
+
     /// Removes this instance's lock of `commit` (a run that was
     /// interrupted), so that the commit is tested again later.
     pub async fn unlock(&self, commit: &str) -> Result<(), NotesError> {
@@ -202,6 +376,14 @@ impl NotesStore {
         let mut last = String::new();
         for _ in 0..UNLOCK_ATTEMPTS {
             self.sync().await?;
+            // A lock another instance took over is theirs to release.
+            let holder = self
+                .note_text("locked", commit)
+                .await?
+                .and_then(|text| parse_lock_note(&text).holder);
+            if holder.is_some_and(|holder| holder.id != Holder::current().id) {
+                return Ok(());
+            }
             self.git
                 .command("notes")
                 .arg(format!("--ref={lock_ref}"))
@@ -304,11 +486,4 @@ fn missing_push_status(refname: &str) -> GitError {
         status: "no status".into(),
         stderr: format!("git push reported nothing for {refname}"),
     }
-}
-
-/// The lock note's text; its presence is what matters, the wording is kept
-/// from the original so that readers and old instances see what they expect.
-fn lock_text() -> String {
-    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.9f %z");
-    format!("{now}: this commit is being tested by icyCI")
 }

@@ -93,11 +93,14 @@ impl Publication {
 /// results repository and pushes them with the branch and tag still pending. A refused notes push means another
 /// instance pushed first: fetch the namespace (which discards our local
 /// note commits), add again, push again. Unreachable remotes are retried with
-/// capped backoff; the caller's state timeout bounds the whole.
+/// capped backoff; the caller's state timeout bounds the whole, and
+/// `max_failures`, when given, the number of failed rounds (an unreachable
+/// remote) after which the last error is returned.
 pub async fn publish(
     store: &NotesStore,
     source: &Git,
     publication: &mut Publication,
+    max_failures: Option<u32>,
 ) -> Result<(), GitError> {
     let commit = publication.tip.commit.clone();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -108,6 +111,7 @@ pub async fn publish(
     let mut notes_pushed = false;
     let mut round: u32 = 0;
     let mut refusals: u32 = 0;
+    let mut failures: u32 = 0;
 
     loop {
         round += 1;
@@ -142,6 +146,10 @@ pub async fn publish(
                 tokio::time::sleep(delay).await;
             }
             Err(err) => {
+                failures += 1;
+                if max_failures.is_some_and(|max| failures >= max) {
+                    return Err(err);
+                }
                 let delay = backoff.next_delay();
                 warn!(
                     commit = %commit,

@@ -1169,7 +1169,8 @@ pub(crate) fn failed_text(script: &str, reason: &str) -> String {
     format!("{script} failed: {reason}{}", see_line())
 }
 
-/// Checks the lock note `<time>: this commit is being tested by icyCI` on `commit`.
+/// Checks the lock note `<time>: this commit is being tested by icyCI` (then the holder and
+/// lease lines) on `commit`.
 pub(crate) fn assert_lock_note(env: &TestEnv, repo: &Path, ns: &str, commit: &str) {
     let lock = env
         .note_text(repo, ns, "locked", commit)
@@ -1178,9 +1179,19 @@ pub(crate) fn assert_lock_note(env: &TestEnv, repo: &Path, ns: &str, commit: &st
         .split_once(": ")
         .unwrap_or_else(|| panic!("lock note {lock:?}"));
     assert!(!time.trim().is_empty(), "lock note {lock:?}");
+    // The original's first line, then the holder and its lease.
+    let mut lines = rest.lines();
     assert_eq!(
-        rest.trim_end_matches('\n'),
-        "this commit is being tested by icyCI",
+        lines.next(),
+        Some("this commit is being tested by icyCI"),
+        "lock note {lock:?}"
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("holder: ")),
+        "lock note {lock:?}"
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("lease-until: ")),
         "lock note {lock:?}"
     );
 }

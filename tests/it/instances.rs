@@ -236,9 +236,11 @@ fn notes_read_with_git_log_show_notes_like_the_originals() {
     for ns in ["icyci", "icyci-aarch64"] {
         let lock = note_body(&all, &format!("{ns}.locked"))
             .unwrap_or_else(|| panic!("no {ns}.locked in:\n{all}"));
-        assert_eq!(lock.len(), 1, "{lock:?}");
+        assert_eq!(lock.len(), 3, "{lock:?}");
         assert!(
-            lock[0].ends_with(": this commit is being tested by icyCI"),
+            lock[0].ends_with(": this commit is being tested by icyCI")
+                && lock[1].starts_with("holder: ")
+                && lock[2].starts_with("lease-until: "),
             "{lock:?}"
         );
     }

@@ -683,7 +683,11 @@ fn fanned_out_notes_trees_are_read() {
             .and_then(|n| n.parse().ok())
             .expect("commit <n>");
         let icyci = ["passed", "failed", "running"][i % 3];
-        let aarch64 = if i.is_multiple_of(2) { "passed" } else { "untested" };
+        let aarch64 = if i.is_multiple_of(2) {
+            "passed"
+        } else {
+            "untested"
+        };
         assert_eq!(
             commit["results"],
             serde_json::json!({"icyci": icyci, "icyci-aarch64": aarch64}),

@@ -1,0 +1,196 @@
+//! Durable results: a results repository that stays away longer than the
+//! in-cycle push retries leaves the results in the spool of `-state-dir`;
+//! they are delivered when it is back, also by a daemon started afresh,
+//! and removed from the spool once pushed.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::common::{require_tool, wait_for, write_script, Daemon, Sign, TestEnv};
+
+const QUICK: Duration = Duration::from_secs(20);
+
+struct Setup {
+    env: TestEnv,
+    fpr: String,
+    work: PathBuf,
+    source: PathBuf,
+    results: PathBuf,
+    state: PathBuf,
+    script: PathBuf,
+    started: PathBuf,
+    released: PathBuf,
+}
+
+fn setup() -> Setup {
+    let env = TestEnv::new();
+    let fpr = env.gpg_key();
+    let work = env.work_repo("work");
+    let source = env.bare_repo("src.git");
+    let results = env.bare_repo("results.git");
+    let state = env.path("state");
+    let script = env.path("bin/gated.sh");
+    let started = env.path("gate-started");
+    let released = env.path("gate-released");
+    write_script(
+        &script,
+        &format!(
+            "touch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho \"gated $(git rev-parse HEAD)\"\n",
+            started.display(),
+            released.display()
+        ),
+    );
+    Setup {
+        env,
+        fpr,
+        work,
+        source,
+        results,
+        state,
+        script,
+        started,
+        released,
+    }
+}
+
+impl Setup {
+    fn commit(&self, message: &str) -> String {
+        let commit = self
+            .env
+            .commit(&self.work, message, Sign::Gpg(self.fpr.clone()));
+        self.env.push(&self.work, &self.source, &["main"]);
+        commit
+    }
+
+    fn spawn(&self) -> Daemon {
+        self.env.spawn_icyci([
+            "-source-repo",
+            &self.source.to_string_lossy(),
+            "-results-repo",
+            &self.results.to_string_lossy(),
+            "-test-script",
+            &self.script.to_string_lossy(),
+            "-poll-interval",
+            "200ms",
+            "-state-dir",
+            &self.state.to_string_lossy(),
+        ])
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.state.join("spool")
+    }
+
+    /// Runs the gated script on `commit` with the results repository away
+    /// until the results are spooled; returns where the repository went.
+    fn spool_results_of(&self, daemon: &mut Daemon, commit: &str) -> PathBuf {
+        wait_for("the test script to start", QUICK, || self.started.exists());
+        let away = self.results.with_extension("away");
+        fs::rename(&self.results, &away).expect("move the results away");
+        fs::write(&self.released, b"").expect("release the script");
+        daemon.wait_for_stderr("they wait in the spool", QUICK);
+        let meta = fs::read_to_string(self.spool().join(commit).join("meta")).expect("spooled");
+        assert!(meta.contains(&format!("commit: {commit}\n")), "{meta}");
+        away
+    }
+
+    fn passed(&self, commit: &str) -> bool {
+        self.results.exists()
+            && self
+                .env
+                .note_text(&self.results, "icyci", "result.passed", commit)
+                .is_some()
+    }
+
+    fn assert_delivered(&self, commit: &str) {
+        assert_eq!(
+            self.env
+                .note_text(&self.results, "icyci", "output.stdout", commit)
+                .as_deref(),
+            Some(format!("gated {commit}\n").as_str())
+        );
+        assert!(self
+            .env
+            .note_text(&self.results, "icyci", "locked", commit)
+            .is_some());
+        wait_for("the spool entry to be removed", QUICK, || {
+            !self.spool().join(commit).exists()
+        });
+    }
+}
+
+fn wait_passed(s: &Setup, daemon: &mut Daemon, commit: &str) {
+    wait_for(&format!("results of {commit}"), QUICK, || {
+        if let Some(status) = daemon.try_status() {
+            panic!("the daemon exited ({status})\n{}", daemon.logs_for_humans());
+        }
+        s.passed(commit)
+    });
+}
+
+#[test]
+fn spooled_results_arrive_when_the_results_repository_is_back() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    let first = s.commit("first");
+    let mut daemon = s.spawn();
+    let away = s.spool_results_of(&mut daemon, &first);
+
+    // The daemon goes on polling: a new tip is fetched and tried.
+    let second = s.commit("second");
+    daemon.wait_for_stderr(&format!("commit={second}"), QUICK);
+    assert!(daemon.is_running());
+
+    fs::rename(&away, &s.results).expect("move the results back");
+    wait_passed(&s, &mut daemon, &first);
+    wait_passed(&s, &mut daemon, &second);
+    s.assert_delivered(&first);
+    s.assert_delivered(&second);
+    assert!(daemon.stderr().contains("spooled results delivered"));
+    daemon.signal("TERM");
+    daemon.expect_exit(QUICK);
+}
+
+#[test]
+fn a_fresh_daemon_delivers_the_spool_and_never_a_half_written_entry() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    let first = s.commit("first");
+    let mut daemon = s.spawn();
+    let away = s.spool_results_of(&mut daemon, &first);
+    daemon.kill();
+
+    // A write a crash interrupted, for a commit that exists.
+    let other = s.env.rev_parse(&s.work, "HEAD~0");
+    let tmp = s.spool().join(format!(".tmp-{other}"));
+    fs::create_dir_all(tmp.join("notes")).expect("mkdir");
+    fs::write(
+        tmp.join("meta"),
+        format!("commit: {other}\npassed: true\nnote: result.passed\n"),
+    )
+    .expect("write");
+    fs::write(tmp.join("notes/0"), b"half\n").expect("write");
+    let second = s.commit("second");
+
+    fs::rename(&away, &s.results).expect("move the results back");
+    let mut daemon = s.spawn();
+    wait_passed(&s, &mut daemon, &first);
+    s.assert_delivered(&first);
+    wait_passed(&s, &mut daemon, &second);
+    assert!(!tmp.exists(), "the half-written entry is removed");
+    assert_ne!(
+        s.env
+            .note_text(&s.results, "icyci", "result.passed", &other)
+            .as_deref(),
+        Some("half\n"),
+        "a half-written entry is never pushed"
+    );
+    assert!(daemon.stderr().contains("spooled results found"));
+    daemon.signal("TERM");
+    daemon.expect_exit(QUICK);
+}
