@@ -417,7 +417,7 @@ impl Job {
             .positional([RESULTS_REMOTE, self.config.results.as_git_arg()])
             .run()
             .await?;
-        self.ensure_identity().await?;
+        self.source.ensure_committer_identity().await?;
         self.load_spool().await?;
 
         if let Some(step) = self.owned_work() {
@@ -431,35 +431,6 @@ impl Job {
         }
         let tip = self.source_tip().await?;
         Ok(Step::Verify { tip })
-    }
-
-    /// Notes are commits, so git needs a committer. A service user often has
-    /// no `user.name`/`user.email`, and git's guess fails on hosts without a
-    /// domain name: then the clone gets an identity of its own.
-    async fn ensure_identity(&self) -> Result<(), GitError> {
-        let known = self
-            .source
-            .command("var")
-            .arg("GIT_COMMITTER_IDENT")
-            .output()
-            .await?;
-        if known.status.success() {
-            return Ok(());
-        }
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|name| name.into_string().ok())
-            .unwrap_or_else(|| "localhost".into());
-        let email = format!("icyci@{host}");
-        info!("no git identity configured; notes are committed as icyci <{email}>");
-        for (key, value) in [("user.name", "icyci"), ("user.email", email.as_str())] {
-            self.source
-                .command("config")
-                .positional([key, value])
-                .run()
-                .await?;
-        }
-        Ok(())
     }
 
     async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {

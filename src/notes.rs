@@ -232,7 +232,6 @@ impl NotesStore {
         commit: &str,
         branch_value: Option<String>,
     ) -> Result<LockAttempt, GitError> {
-        let lock_ref = self.namespace.note_ref("locked");
         let Some(text) = self.note_text("locked", commit).await? else {
             // Raced with a removal between add and show: try again.
             return Ok(LockAttempt::Raced("lock note vanished".into()));
@@ -245,11 +244,29 @@ impl NotesStore {
             LockVerdict::Held => return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked)),
             LockVerdict::Stale(reason) => reason,
         };
+        let text = lease::current_lock_text(self.lease);
+        match self.swap_lock_note(commit, &text).await? {
+            PushStatus::Accepted => {
+                let holder = note
+                    .holder
+                    .map_or_else(|| "an unknown holder".to_owned(), |h| h.to_string());
+                info!("taking over stale lock of {commit} held by {holder} ({reason})");
+                Ok(LockAttempt::Done(LockOutcome::Taken { branch_value }))
+            }
+            other => Ok(LockAttempt::Raced(format!("{other:?}"))),
+        }
+    }
+
+    /// Replaces the lock note of `commit` with `text` and pushes the lock
+    /// ref with a lease on the value just fetched: a compare-and-swap that
+    /// fails (stale info) when any other instance moved the ref meanwhile.
+    async fn swap_lock_note(&self, commit: &str, text: &str) -> Result<PushStatus, GitError> {
+        let lock_ref = self.namespace.note_ref("locked");
         let fetched = self.local_ref(&lock_ref).await?.unwrap_or_default();
         self.git
             .command("notes")
             .arg(format!("--ref={lock_ref}"))
-            .args(["add", "-f", "-m", &lease::current_lock_text(self.lease)])
+            .args(["add", "-f", "-m", text])
             .positional([commit])
             .run()
             .await?;
@@ -257,20 +274,11 @@ impl NotesStore {
         let pushed = self
             .push(&[format!("{lock_ref}:{lock_ref}")], Some(&lease))
             .await?;
-        match pushed.iter().find(|p| p.remote_ref == lock_ref) {
-            Some(PushedRef {
-                status: PushStatus::Accepted,
-                ..
-            }) => {
-                let holder = note
-                    .holder
-                    .map_or_else(|| "an unknown holder".to_owned(), |h| h.to_string());
-                info!("taking over stale lock of {commit} held by {holder} ({reason})");
-                Ok(LockAttempt::Done(LockOutcome::Taken { branch_value }))
-            }
-            Some(other) => Ok(LockAttempt::Raced(format!("{:?}", other.status))),
-            None => Err(missing_push_status(&lock_ref)),
-        }
+        pushed
+            .into_iter()
+            .find(|p| p.remote_ref == lock_ref)
+            .map(|p| p.status)
+            .ok_or_else(|| missing_push_status(&lock_ref))
     }
 
     /// Renews this process's lease on `commit`: rewrites its own lock note
@@ -296,29 +304,13 @@ impl NotesStore {
             if !ours {
                 return Ok(RenewOutcome::Lost(text));
             }
-            let fetched = self.local_ref(&lock_ref).await?.unwrap_or_default();
             let text = lease::current_lock_text(self.lease);
-            self.git
-                .command("notes")
-                .arg(format!("--ref={lock_ref}"))
-                .args(["add", "-f", "-m", &text])
-                .positional([commit])
-                .run()
-                .await?;
-            let lease = format!("{lock_ref}:{fetched}");
-            let pushed = self
-                .push(&[format!("{lock_ref}:{lock_ref}")], Some(&lease))
-                .await?;
-            match pushed.iter().find(|p| p.remote_ref == lock_ref) {
-                Some(PushedRef {
-                    status: PushStatus::Accepted,
-                    ..
-                }) => {
+            match self.swap_lock_note(commit, &text).await? {
+                PushStatus::Accepted => {
                     let until = parse_lock_note(&text).lease_until.unwrap_or_default();
                     return Ok(RenewOutcome::Renewed(until));
                 }
-                Some(other) => last = format!("{:?}", other.status),
-                None => return Err(missing_push_status(&lock_ref).into()),
+                other => last = format!("{other:?}"),
             }
             if attempt < RENEW_ATTEMPTS {
                 tokio::time::sleep(Backoff::race_delay(attempt)).await;

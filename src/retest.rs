@@ -97,7 +97,7 @@ async fn run(args: &RetestArgs) -> Result<String, String> {
                 one_line(err.stderr())
             )
         })?;
-    ensure_identity(&git).await.map_err(oneline)?;
+    git.ensure_committer_identity().await.map_err(oneline)?;
 
     let mut present = Vec::new();
     for name in REMOVED_NOTES {
@@ -195,21 +195,6 @@ fn absolute_url(url: &str) -> String {
     std::env::current_dir()
         .map(|cwd| cwd.join(path).to_string_lossy().into_owned())
         .unwrap_or_else(|_| url.to_owned())
-}
-
-async fn ensure_identity(git: &Git) -> Result<(), GitError> {
-    let known = git
-        .command("var")
-        .arg("GIT_COMMITTER_IDENT")
-        .output()
-        .await?;
-    if known.status.success() {
-        return Ok(());
-    }
-    for (key, value) in [("user.name", "icyci"), ("user.email", "icyci@localhost")] {
-        git.command("config").positional([key, value]).run().await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -106,6 +106,34 @@ impl Git {
         &self.dir
     }
 
+    /// Notes are commits, so git needs a committer. A service user often has
+    /// no `user.name`/`user.email`, and git's guess fails on hosts without a
+    /// domain name: then the repository gets an identity of its own,
+    /// `icyci <icyci@HOSTNAME>`.
+    pub async fn ensure_committer_identity(&self) -> Result<(), GitError> {
+        let known = self
+            .command("var")
+            .arg("GIT_COMMITTER_IDENT")
+            .output()
+            .await?;
+        if known.status.success() {
+            return Ok(());
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let email = format!("icyci@{host}");
+        tracing::info!("no git identity configured; notes are committed as icyci <{email}>");
+        for (key, value) in [("user.name", "icyci"), ("user.email", email.as_str())] {
+            self.command("config")
+                .positional([key, value])
+                .run()
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Starts building a command `git <subcommand> ...`.
     pub fn command(&self, subcommand: &str) -> GitCommand {
         GitCommand {
