@@ -151,6 +151,11 @@ pub struct Job {
     same_repository: bool,
     /// The last tip that needs nothing more (tested, lost, or unverified).
     last_handled: Option<String>,
+    /// The last tip found unsigned, and whether it was looked at twice. A
+    /// branch and its signed tag pushed together reach the remote one ref at
+    /// a time, so a fetch in between sees the tip before its tag: such a tip
+    /// is verified once more at the next poll.
+    unverified: Option<(String, bool)>,
     /// Locked by us and not yet staged: retried, never abandoned.
     held: Option<Claim>,
     /// Staged results not yet pushed.
@@ -222,6 +227,7 @@ impl Job {
             store,
             same_repository,
             last_handled: None,
+            unverified: None,
             held: None,
             pending: None,
             pending_spooled: false,
@@ -446,7 +452,8 @@ impl Job {
             .run()
             .await?;
         let tip = self.source_tip().await?;
-        if self.last_handled.as_deref() == Some(tip.as_str()) {
+        let second_look = matches!(&self.unverified, Some((t, false)) if *t == tip);
+        if self.last_handled.as_deref() == Some(tip.as_str()) && !second_look {
             return Ok(Step::Poll {
                 wait: self.config.poll_interval,
             });
@@ -464,6 +471,8 @@ impl Job {
                 // One line however many objects were tried: each refused
                 // signature with its key and reason, then the rest.
                 warn!(commit = %tip, "not testing: {}", describe_rejections(&rejections));
+                let looked_before = matches!(&self.unverified, Some((t, _)) if *t == tip);
+                self.unverified = Some((tip.clone(), looked_before));
                 Ok(self.nothing_to_do(tip))
             }
         }

@@ -706,3 +706,29 @@ fn make_merge(s: &Setup, sign: Sign) -> String {
     assert_eq!(parents.split(' ').count(), 3, "a merge commit: {parents}");
     merge
 }
+
+/// A branch and its signed tag pushed one after the other: the daemon may fetch between the two
+/// and find the tip unsigned. It looks at such a tip once more at its next poll.
+#[test]
+fn a_signed_tag_that_lands_just_after_its_branch_is_seen() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = Setup::new();
+    let fpr = s.env.gpg_key();
+    let first = s.env.commit(&s.work, "signed", Sign::Gpg(fpr.clone()));
+    s.publish();
+    // A poll interval long enough for the test to push the tag after the first look.
+    let mut daemon = s.env.spawn_icyci(s.args(&["-poll-interval=2s"]));
+    s.wait_note(&mut daemon, "icyci", "result.passed", &first);
+
+    let tagged = s.env.commit(&s.work, "tagged later", Sign::None);
+    s.env.push(&s.work, &s.source, &["main"]);
+    daemon.wait_for_stderr(
+        &format!("not testing: no valid signature (commit: no signature) commit={tagged}"),
+        Duration::from_secs(30),
+    );
+    s.env.tag(&s.work, "v9", &tagged, TagKind::Gpg(fpr));
+    s.env.push(&s.work, &s.source, &["--tags"]);
+    s.wait_note(&mut daemon, "icyci", "result.passed", &tagged);
+}
