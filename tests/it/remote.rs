@@ -161,22 +161,15 @@ fn results_away_while_locking() {
     }
     // Without the branch push the lock is the first contact with the results, so the lock's
     // own retries are exercised.
-    let (env, fpr) = signed_env();
-    let source = env.bare_repo("src.git");
-    let results = env.bare_repo("results.git");
-    let work = env.work_repo("work");
-    let script = tip_script(&env);
-    let first = env.commit(&work, "before the outage", Sign::Gpg(fpr.clone()));
-    env.push(&work, &source, &["main"]);
-    let mut daemon = env.spawn_icyci(args(
-        &source.to_string_lossy(),
-        &results.to_string_lossy(),
-        &script,
-        &["-push-source-to-results=false"],
-    ));
-    wait_for_passed(&mut daemon, &env, &results, &first, QUICK);
-    // The first cycle is over, its push included, before a remote goes away.
-    daemon.wait_for_stderr("state cleanup -> poll", QUICK);
+    let Settled {
+        env,
+        fpr,
+        source,
+        results,
+        work,
+        script,
+        mut daemon,
+    } = settled(&["-push-source-to-results=false"]);
 
     let away = move_away(&results);
     let second = env.commit(&work, "during the outage", Sign::Gpg(fpr));
@@ -197,22 +190,15 @@ fn results_away_while_locking_with_branch_push() {
         return;
     }
     // With the branch push (the default) the results are first read for the branch's lease.
-    let (env, fpr) = signed_env();
-    let source = env.bare_repo("src.git");
-    let results = env.bare_repo("results.git");
-    let work = env.work_repo("work");
-    let script = tip_script(&env);
-    let first = env.commit(&work, "before the outage", Sign::Gpg(fpr.clone()));
-    env.push(&work, &source, &["main"]);
-    let mut daemon = env.spawn_icyci(args(
-        &source.to_string_lossy(),
-        &results.to_string_lossy(),
-        &script,
-        &[],
-    ));
-    wait_for_passed(&mut daemon, &env, &results, &first, QUICK);
-    // The first cycle is over, its push included, before a remote goes away.
-    daemon.wait_for_stderr("state cleanup -> poll", QUICK);
+    let Settled {
+        env,
+        fpr,
+        source,
+        results,
+        work,
+        script,
+        mut daemon,
+    } = settled(&[]);
 
     let away = move_away(&results);
     let second = env.commit(&work, "during the outage", Sign::Gpg(fpr));
@@ -350,22 +336,15 @@ fn source_fetch_failures_while_polling_are_retried() {
     if !require_tool("gpg") {
         return;
     }
-    let (env, fpr) = signed_env();
-    let source = env.bare_repo("src.git");
-    let results = env.bare_repo("results.git");
-    let work = env.work_repo("work");
-    let script = tip_script(&env);
-    let first = env.commit(&work, "before the outage", Sign::Gpg(fpr.clone()));
-    env.push(&work, &source, &["main"]);
-    let mut daemon = env.spawn_icyci(args(
-        &source.to_string_lossy(),
-        &results.to_string_lossy(),
-        &script,
-        &[],
-    ));
-    wait_for_passed(&mut daemon, &env, &results, &first, QUICK);
-    // The first cycle is over, its push included, before a remote goes away.
-    daemon.wait_for_stderr("state cleanup -> poll", QUICK);
+    let Settled {
+        env,
+        fpr,
+        source,
+        results,
+        work,
+        script,
+        mut daemon,
+    } = settled(&[]);
 
     let away = move_away(&source);
     let log = daemon.wait_for_stderr("attempt=3", QUICK);
@@ -715,4 +694,43 @@ fn assert_exit(daemon: &mut Daemon, code: i32, timeout: Duration) {
 fn stop(daemon: &mut Daemon) {
     daemon.signal("TERM");
     assert_exit(daemon, 0, QUICK);
+}
+
+/// A running daemon whose first cycle (one signed commit) is over, its push included, so that
+/// a test can take a remote away from a settled state.
+struct Settled {
+    env: TestEnv,
+    fpr: String,
+    source: PathBuf,
+    results: PathBuf,
+    work: PathBuf,
+    script: PathBuf,
+    daemon: Daemon,
+}
+
+fn settled(extra: &[&str]) -> Settled {
+    let (env, fpr) = signed_env();
+    let source = env.bare_repo("src.git");
+    let results = env.bare_repo("results.git");
+    let work = env.work_repo("work");
+    let script = tip_script(&env);
+    let first = env.commit(&work, "before the outage", Sign::Gpg(fpr.clone()));
+    env.push(&work, &source, &["main"]);
+    let mut daemon = env.spawn_icyci(args(
+        &source.to_string_lossy(),
+        &results.to_string_lossy(),
+        &script,
+        extra,
+    ));
+    wait_for_passed(&mut daemon, &env, &results, &first, QUICK);
+    daemon.wait_for_stderr("state cleanup -> poll", QUICK);
+    Settled {
+        env,
+        fpr,
+        source,
+        results,
+        work,
+        script,
+        daemon,
+    }
 }
