@@ -195,16 +195,8 @@ impl ResultsReader {
         if blobs.is_empty() {
             return Ok(HashMap::new());
         }
-        let input: String = blobs.iter().map(|b| format!("{b}\n")).collect();
-        let output = self
-            .git
-            .command("cat-file")
-            .arg("--batch")
-            .stdin(input.into_bytes())
-            .output()
-            .await?
-            .into_result()?;
-        Ok(parse_batch(&output.stdout))
+        let output = self.cat_file(blobs, "--batch").await?;
+        Ok(parse_batch(&output))
     }
 
     /// The sizes in bytes of `blobs`, in one `cat-file --batch-check`,
@@ -213,21 +205,30 @@ impl ResultsReader {
         if blobs.is_empty() {
             return Ok(HashMap::new());
         }
-        let input: String = blobs.iter().map(|b| format!("{b}\n")).collect();
         let output = self
-            .git
-            .command("cat-file")
-            .arg("--batch-check=%(objectname) %(objectsize)")
-            .stdin(input.into_bytes())
-            .run()
+            .cat_file(blobs, "--batch-check=%(objectname) %(objectsize)")
             .await?;
-        Ok(output
+        Ok(String::from_utf8_lossy(&output)
             .lines()
             .filter_map(|line| {
                 let (oid, size) = line.split_once(' ')?;
                 Some((oid.to_owned(), size.parse().ok()?))
             })
             .collect())
+    }
+
+    /// `git cat-file <mode>` over `objects`, one per line; its raw output.
+    async fn cat_file(&self, objects: &[&str], mode: &str) -> Result<Vec<u8>, GitError> {
+        let input: String = objects.iter().map(|o| format!("{o}\n")).collect();
+        let output = self
+            .git
+            .command("cat-file")
+            .arg(mode)
+            .stdin(input.into_bytes())
+            .output()
+            .await?
+            .into_result()?;
+        Ok(output.stdout)
     }
 
     /// One note's content, or `None` when `commit` has no such note.
