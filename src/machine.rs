@@ -26,8 +26,10 @@ use tracing::{error, info, warn};
 use crate::config::JobConfig;
 use crate::contain;
 use crate::duration::{format_duration, round_to_millis};
-use crate::git::{Git, GitError};
-use crate::notes::{LockOutcome, NotesError, NotesStore, RenewOutcome, RESULTS_REMOTE};
+use crate::git::{parse_fetch_head, Git, GitError};
+use crate::notes::{
+    remote_ref_value, LockOutcome, NotesError, NotesStore, RenewOutcome, RESULTS_REMOTE,
+};
 use crate::notes_dir::{collect_extra_notes, FULL_OUTPUT_NOTES};
 use crate::publish::{publish, BranchUpdate, Publication, StagedNote};
 use crate::retry::Backoff;
@@ -91,6 +93,9 @@ enum Step {
     },
     Verify {
         tip: String,
+        /// Whether tags may point at the tip: the fetch brought tags, or
+        /// the clone is new. Without, only the commit's signature counts.
+        tags: bool,
     },
     Lock {
         tip: VerifiedTip,
@@ -131,7 +136,7 @@ impl Step {
 
     fn commit(&self) -> Option<&str> {
         match self {
-            Step::Verify { tip } => Some(tip),
+            Step::Verify { tip, .. } => Some(tip),
             Step::Lock { tip } => Some(&tip.commit),
             Step::StartCommand { claim }
             | Step::AwaitCommand { claim }
@@ -156,6 +161,9 @@ pub struct Job {
     /// a time, so a fetch in between sees the tip before its tag: such a tip
     /// is verified once more at the next poll.
     unverified: Option<(String, bool)>,
+    /// A tip locked by another instance whose lease was live: looked at
+    /// again once it ends (unix time), in case its holder died.
+    recheck: Option<(String, i64)>,
     /// Locked by us and not yet staged: retried, never abandoned.
     held: Option<Claim>,
     /// Staged results not yet pushed.
@@ -217,7 +225,7 @@ impl Job {
     /// A job working in `workspace`.
     pub fn new(config: JobConfig, workspace: Workspace, spool: Spool) -> Self {
         let source = Git::new(workspace.source_dir());
-        let store = NotesStore::new(source.clone(), config.notes_ns.clone())
+        let store = NotesStore::new(Git::new(workspace.results_dir()), config.notes_ns.clone())
             .with_leases(config.lock_lease, config.stale_lock_after);
         let same_repository = config.source.same_repository(&config.results);
         Job {
@@ -228,6 +236,7 @@ impl Job {
             same_repository,
             last_handled: None,
             unverified: None,
+            recheck: None,
             held: None,
             pending: None,
             pending_spooled: false,
@@ -331,7 +340,7 @@ impl Job {
         match step {
             Step::Clone { delay } => self.clone_source(delay).await,
             Step::Poll { wait } => self.poll(wait).await,
-            Step::Verify { tip } => self.verify(tip).await,
+            Step::Verify { tip, tags } => self.verify(tip, tags).await,
             Step::Lock { tip } => self.lock(tip).await,
             Step::Release { claim } => self.release(claim).await,
             Step::StartCommand { claim } => self.start_command(claim).await,
@@ -424,6 +433,12 @@ impl Job {
             .run()
             .await?;
         self.source.ensure_committer_identity().await?;
+        self.store
+            .prepare(
+                self.config.results.as_git_arg(),
+                &target.join(".git").join("objects"),
+            )
+            .await?;
         self.load_spool().await?;
 
         if let Some(step) = self.owned_work() {
@@ -436,33 +451,101 @@ impl Job {
             });
         }
         let tip = self.source_tip().await?;
-        Ok(Step::Verify { tip })
+        Ok(Step::Verify { tip, tags: true })
     }
 
+    /// Waits, then looks at the source branch: one `ls-remote` while
+    /// nothing changes, and a fetch only when the tip moved (or an unsigned
+    /// tip is due its second look, for a tag that may have come after it).
     async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(with_jitter(wait)).await;
         self.deliver_backlog().await;
         if let Some(step) = self.owned_work() {
             return Ok(step);
         }
 
+        let branch_ref = self.config.branch.full_ref();
+        let idle = Step::Poll {
+            wait: self.config.poll_interval,
+        };
+        let second_look = matches!(&self.unverified, Some((_, false)));
+        if !second_look {
+            let remote_tip = remote_ref_value(&self.source, "origin", &branch_ref)
+                .await?
+                .ok_or_else(|| GitError::Failed {
+                    command: "git ls-remote origin".into(),
+                    status: "exit status 0".into(),
+                    stderr: format!("the source has no branch {}", self.config.branch),
+                })?;
+            if self.last_handled.as_deref() == Some(remote_tip.as_str()) {
+                let now = chrono::Utc::now().timestamp();
+                if !matches!(&self.recheck, Some((commit, at)) if *commit == remote_tip && *at < now)
+                {
+                    return Ok(idle);
+                }
+                // The holder had its chance to renew: judge the lock again.
+                self.recheck = None;
+                info!(commit = %remote_tip, "the lease of the lock on the tip has ended; looking again");
+                return Ok(Step::Verify {
+                    tip: remote_tip,
+                    tags: true,
+                });
+            }
+        }
+
+        let fetched = self.fetch_source().await?;
+        let tip = fetched.tip;
+        let second_look = matches!(&self.unverified, Some((t, false)) if *t == tip);
+        if self.last_handled.as_deref() == Some(tip.as_str()) && !second_look {
+            return Ok(idle);
+        }
+        if second_look && !fetched.tags {
+            // Nothing new since the first look: the answer would be the same.
+            self.unverified = Some((tip, true));
+            return Ok(idle);
+        }
+        Ok(Step::Verify {
+            tip,
+            tags: fetched.tags,
+        })
+    }
+
+    /// Fetches the followed branch; the new tip and whether tags came with
+    /// it are read from `FETCH_HEAD`, which git writes with every fetch.
+    async fn fetch_source(&self) -> Result<FetchedTip, StepError> {
+        let branch_ref = self.config.branch.full_ref();
+        let refspec = format!("+{branch_ref}:refs/remotes/origin/{}", self.config.branch);
         self.source
             .command("fetch")
             .args(["--quiet", "origin"])
+            .arg(refspec)
             .run()
             .await?;
-        let tip = self.source_tip().await?;
-        let second_look = matches!(&self.unverified, Some((t, false)) if *t == tip);
-        if self.last_handled.as_deref() == Some(tip.as_str()) && !second_look {
-            return Ok(Step::Poll {
-                wait: self.config.poll_interval,
-            });
+        let fetch_head = self.workspace.source_dir().join(".git").join("FETCH_HEAD");
+        let text = tokio::fs::read_to_string(&fetch_head).await?;
+        let fetched = parse_fetch_head(&text);
+        let tip = fetched
+            .iter()
+            .find(|line| !line.not_for_merge)
+            .map(|line| line.oid.clone());
+        match tip {
+            Some(tip) => Ok(FetchedTip {
+                tip,
+                // Only tags that point into the fetched history come along,
+                // so none came means none points at the new tip.
+                tags: fetched.iter().any(|line| line.not_for_merge),
+            }),
+            // Not what git writes; look the tip up instead.
+            None => Ok(FetchedTip {
+                tip: self.source_tip().await?,
+                tags: true,
+            }),
         }
-        Ok(Step::Verify { tip })
     }
 
-    async fn verify(&mut self, tip: String) -> Result<Step, StepError> {
-        match verify_tip(&self.source, &tip, &self.config.signature_policy).await? {
+    async fn verify(&mut self, tip: String, tags: bool) -> Result<Step, StepError> {
+        let verification = verify_tip(&self.source, &tip, &self.config.signature_policy, tags);
+        match verification.await? {
             Verification::Verified(verified) => {
                 info!(commit = %tip, "verified: {}", verified.describe());
                 Ok(Step::Lock { tip: *verified })
@@ -494,12 +577,21 @@ impl Job {
                 self.held = Some(claim.clone());
                 Ok(Step::StartCommand { claim })
             }
-            LockOutcome::AlreadyLocked => {
-                info!(
-                    commit = %tip.commit,
-                    "not testing: already locked in {} (tested, or being tested, by an instance)",
-                    self.config.notes_ns.note_ref("locked")
-                );
+            LockOutcome::AlreadyLocked { stale_at } => {
+                let locked = self.config.notes_ns.note_ref("locked");
+                match stale_at {
+                    Some(at) => info!(
+                        commit = %tip.commit,
+                        "not testing: already locked in {locked} (being tested by an instance); \
+                         looking again when its lease ends at {} if it is still the tip",
+                        crate::lease::format_unix(at)
+                    ),
+                    None => info!(
+                        commit = %tip.commit,
+                        "not testing: already locked in {locked} (tested, or being tested, by an instance)"
+                    ),
+                }
+                self.recheck = stale_at.map(|at| (tip.commit.clone(), at));
                 Ok(self.nothing_to_do(tip.commit))
             }
         }
@@ -690,7 +782,7 @@ impl Job {
             }
         };
         let publication = Publication::stage(
-            &self.source,
+            &self.store,
             claim.tip,
             notes,
             claim.branch,
@@ -732,7 +824,8 @@ impl Job {
         self.unspool(&publication.tip.commit).await;
         self.last_handled = Some(publication.tip.commit.clone());
         if let Some(dir) = &self.config.site_dir {
-            site::refresh_daemon_site(&self.source, &self.config, dir).await;
+            let tip = &publication.tip.commit;
+            site::refresh_daemon_site(self.store.git(), tip, &self.config, dir).await;
         }
         let once = if publication.passed {
             OnceResult::Passed
@@ -848,7 +941,8 @@ impl Job {
             .map_err(std::io::Error::other)??;
         for mut entry in entries {
             let commit = entry.commit.clone();
-            if (entry.branch.is_some() || entry.tag.is_some()) && !self.has_object(&commit).await {
+            let mut have_commit = self.has_object(&commit).await;
+            if !have_commit {
                 // The branch was rewritten since: fetch the commit by id. If
                 // the source no longer has it, the notes still go (git
                 // annotates an object it does not have), not the branch.
@@ -859,7 +953,8 @@ impl Job {
                     .positional([commit.as_str()])
                     .run()
                     .await;
-                if fetched.is_err() || !self.has_object(&commit).await {
+                have_commit = fetched.is_ok() && self.has_object(&commit).await;
+                if !have_commit {
                     warn!(commit = %commit, "spooled commit no longer in the source; pushing its notes only");
                     entry.branch = None;
                     entry.tag = None;
@@ -881,15 +976,20 @@ impl Job {
                 },
             };
             let push_tag = tip.tag.is_some();
-            let publication = Publication::stage(
-                &self.source,
-                tip,
-                entry.notes,
-                entry.branch,
-                push_tag,
-                entry.passed,
-            )
-            .await?;
+            let publication = if have_commit {
+                Publication::stage(
+                    &self.store,
+                    tip,
+                    entry.notes,
+                    entry.branch,
+                    push_tag,
+                    entry.passed,
+                )
+                .await?
+            } else {
+                Publication::stage_without_commit(&self.store, tip, entry.notes, entry.passed)
+                    .await?
+            };
             info!(commit = %commit, "spooled results found; delivering them");
             self.backlog.push(publication);
         }
@@ -958,6 +1058,23 @@ impl Job {
         let private = self.workspace.private_dir();
         (private.join("full-stdout"), private.join("full-stderr"))
     }
+}
+
+/// The branch tip a fetch brought.
+struct FetchedTip {
+    tip: String,
+    /// Whether tags came with it.
+    tags: bool,
+}
+
+/// `wait` lengthened by up to a tenth, so that instances started together
+/// do not keep polling (and racing) in step.
+fn with_jitter(wait: Duration) -> Duration {
+    if wait.is_zero() {
+        return wait;
+    }
+    let tenth = u64::try_from(wait.as_micros() / 10).unwrap_or(u64::MAX);
+    wait + Duration::from_micros(fastrand::u64(..=tenth))
 }
 
 /// Failed push rounds of spooled results before the cycle moves on.

@@ -1,14 +1,25 @@
 //! The results repository seen as a notes store: lock notes, result notes,
 //! and the fetch/add/push steps that keep the local note refs a faithful
-//! copy of the remote's before every change.
+//! copy of the remote's.
+//!
+//! The note refs live in a private bare repository of the job (not in the
+//! clone the script runs in, so nothing the script does to its checkout's
+//! repository can reach them), which borrows the clone's objects through
+//! `objects/info/alternates` to annotate and push source commits. It is
+//! fetched shallow: a note add needs the newest notes tree, never the
+//! history of the results.
 //!
 //! A note ref is a commit history like a branch, so two instances adding
-//! notes concurrently race like two pushes to a branch. Every change here is
-//! made on top of freshly fetched refs and pushed without force; a rejected
-//! push means another instance got there first, and the caller fetches and
-//! tries again. Local note commits from a failed attempt are always discarded
-//! by the forced fetch, never pushed later.
+//! notes concurrently race like two pushes to a branch. Changes are made on
+//! top of the local refs and pushed first, without force; a rejected push
+//! means another instance got there first, and only then is the namespace
+//! fetched (forced, pruned) and the change made again. Local note commits
+//! from a failed attempt are discarded by that forced fetch, never pushed
+//! later.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -16,7 +27,9 @@ use tracing::{info, warn};
 
 use crate::config::{BranchName, NotesNamespace};
 use crate::duration::{format_duration, round_to_millis};
-use crate::git::{parse_push_porcelain, Git, GitError, PushStatus, PushedRef};
+use crate::git::{
+    parse_fetch_head, parse_push_porcelain, Git, GitError, PushStatus, PushedRef, StdinPart,
+};
 use crate::lease::{self, judge_lock, parse_lock_note, Holder, LockVerdict};
 use crate::retry::Backoff;
 
@@ -45,6 +58,9 @@ pub enum NotesError {
         /// The last failure.
         last: String,
     },
+    /// The private notes repository could not be set up.
+    #[error("cannot set up the notes repository: {0}")]
+    Setup(#[from] std::io::Error),
     /// The lock could not be released in any attempt.
     #[error("could not release the lock in {attempts} attempts; last error: {last}")]
     UnlockAttempts {
@@ -66,7 +82,13 @@ pub enum LockOutcome {
         branch_value: Option<String>,
     },
     /// Another instance (or an earlier run) has locked the commit.
-    AlreadyLocked,
+    AlreadyLocked {
+        /// When the lock, if its holder does not renew it and no result
+        /// arrives, becomes stale (unix time); `None` when it never does
+        /// (results exist, or a lock without a lease and no
+        /// `-stale-lock-after`).
+        stale_at: Option<i64>,
+    },
 }
 
 /// The outcome of renewing a lease.
@@ -84,6 +106,36 @@ enum LockAttempt {
     Done(LockOutcome),
     /// Somebody pushed the lock ref meanwhile; fetch and try again.
     Raced(String),
+    /// A lock note exists in local refs not fetched in this attempt: it may
+    /// have been removed since (`icyci retest`); fetch before judging it.
+    Unsure,
+}
+
+/// What the store knows of its local note refs.
+#[derive(Debug, Default)]
+struct LocalView {
+    /// Counts the fetches of the namespace: each may replace the local
+    /// refs, and with them note commits written before it.
+    generation: u64,
+    /// Whether the namespace was fetched since the repository was made.
+    synced: bool,
+    /// Values of the namespace's refs (other than the lock ref), as last
+    /// fetched or written here; a ref not listed does not exist locally.
+    refs: HashMap<String, String>,
+    /// The watched branch's value in the results repository, as last read
+    /// or pushed; `None` until read once.
+    branch: Option<Option<String>>,
+    /// `Name <email>` for note commits.
+    committer: Option<String>,
+}
+
+/// Content of a note to write.
+#[derive(Debug, Clone)]
+pub enum NoteContent {
+    /// The bytes of this file.
+    File(std::path::PathBuf),
+    /// A blob already in the repository.
+    Blob(String),
 }
 
 /// Note refs of one namespace in the local clone, mirrored to and from the
@@ -94,18 +146,83 @@ pub struct NotesStore {
     namespace: NotesNamespace,
     lease: Duration,
     stale_lock_after: Option<Duration>,
+    view: Arc<Mutex<LocalView>>,
 }
 
 impl NotesStore {
-    /// A store over the clone `git`, whose remote `results` is the results
-    /// repository.
+    /// A store over the repository `git`, whose remote `results` is the
+    /// results repository (see [`NotesStore::prepare`]).
     pub fn new(git: Git, namespace: NotesNamespace) -> Self {
         NotesStore {
             git,
             namespace,
             lease: lease::default_lease(crate::state::State::AwaitCommand.default_timeout()),
             stale_lock_after: None,
+            view: Arc::default(),
         }
+    }
+
+    /// Makes the store's repository afresh: a bare repository with the
+    /// remote `results` at `url`, borrowing the objects of the clone whose
+    /// object directory is `source_objects`.
+    pub async fn prepare(&self, url: &str, source_objects: &Path) -> Result<(), NotesError> {
+        let dir = self.git.dir().to_owned();
+        tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || crate::workspace::remove_tree(&dir)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        Git::new(parent)
+            .command("init")
+            .args(["--quiet", "--bare"])
+            .positional([&dir])
+            .run()
+            .await?;
+        self.git
+            .command("remote")
+            .arg("add")
+            .positional([RESULTS_REMOTE, url])
+            .run()
+            .await?;
+        let alternates = dir.join("objects").join("info").join("alternates");
+        let mut line = source_objects.as_os_str().as_encoded_bytes().to_vec();
+        line.push(b'\n');
+        std::fs::write(&alternates, line)?;
+        let committer = self.git.committer_identity().await?;
+        *self.view() = LocalView {
+            committer: Some(committer),
+            ..LocalView::default()
+        };
+        Ok(())
+    }
+
+    /// The repository holding the note refs.
+    pub fn git(&self) -> &Git {
+        &self.git
+    }
+
+    fn view(&self) -> MutexGuard<'_, LocalView> {
+        // A panic while holding it leaves nothing half-updated worth
+        // refusing: every field is replaced whole.
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts fetches of the namespace; notes written before the current
+    /// generation may have been replaced.
+    pub fn generation(&self) -> u64 {
+        self.view().generation
+    }
+
+    /// Whether the namespace was fetched since the repository was made.
+    pub fn synced(&self) -> bool {
+        self.view().synced
+    }
+
+    /// Records the watched branch's value in the results repository.
+    pub fn remember_branch(&self, value: Option<String>) {
+        self.view().branch = Some(value);
     }
 
     /// Sets the lease written into lock notes and when a lock without a
@@ -123,26 +240,58 @@ impl NotesStore {
 
     /// Makes the local note refs of the namespace equal to the remote's:
     /// forced, and pruning local refs the remote does not have, so that no
-    /// note left from a failed attempt survives. A missing ref is fine.
+    /// note left from a failed attempt survives. Shallow: only the newest
+    /// commit of each ref is needed. A namespace without refs is fine.
     pub async fn sync(&self) -> Result<(), GitError> {
-        self.git
+        let fetched = self
+            .git
             .command("fetch")
             .args([
                 "--prune",
                 "--no-tags",
-                "--no-write-fetch-head",
+                "--depth=1",
                 "--quiet",
                 RESULTS_REMOTE,
             ])
             .arg(self.namespace.fetch_refspec())
-            .run()
-            .await
-            .map(drop)
+            .output()
+            .await?;
+        // A shallow fetch whose refspec matches nothing fails, silently
+        // (protocol v2) or saying so (v0, as over some ssh servers): that
+        // is an empty namespace, not an error.
+        let empty = !fetched.status.success()
+            && (fetched.stderr.trim().is_empty()
+                || fetched.stderr.contains("no matching remote head"));
+        if !empty {
+            fetched.into_result()?;
+        }
+        let refs = if empty {
+            HashMap::new()
+        } else {
+            let text =
+                std::fs::read_to_string(self.git.dir().join("FETCH_HEAD")).unwrap_or_default();
+            let lock_ref = self.namespace.note_ref("locked");
+            parse_fetch_head(&text)
+                .into_iter()
+                .filter_map(|fetched| Some((fetched.full_name?, fetched.oid)))
+                .filter(|(name, _)| *name != lock_ref)
+                .collect()
+        };
+        let mut view = self.view();
+        view.generation += 1;
+        view.synced = true;
+        view.refs = refs;
+        Ok(())
     }
 
     /// Claims `commit` with a lock note, retrying lost push races and
     /// unreachable remotes a bounded number of times. With `branch`, also
-    /// reads that branch's value in the results repository in each round.
+    /// returns that branch's value in the results repository.
+    ///
+    /// The lock is pushed first, on top of the local lock ref; only a
+    /// rejected push (or a lock note found in refs not fetched in this
+    /// call) costs a fetch. A lost race is retried at once, then with a
+    /// short growing jitter.
     pub async fn lock(
         &self,
         commit: &str,
@@ -150,13 +299,32 @@ impl NotesStore {
     ) -> Result<LockOutcome, NotesError> {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
         let mut last = String::new();
+        let mut fetch_first = !self.synced();
+        let mut races = 0;
         for attempt in 1..=LOCK_ATTEMPTS {
-            let delay = match self.try_lock(commit, branch).await {
+            let fetched = fetch_first;
+            let round = async {
+                if fetched {
+                    self.sync().await?;
+                }
+                let branch_value = match branch {
+                    Some(branch) => self.branch_value(branch).await?,
+                    None => None,
+                };
+                self.try_lock(commit, branch_value, fetched).await
+            };
+            let delay = match round.await {
                 Ok(LockAttempt::Done(outcome)) => return Ok(outcome),
+                Ok(LockAttempt::Unsure) => {
+                    fetch_first = true;
+                    Duration::ZERO
+                }
                 Ok(LockAttempt::Raced(reason)) => {
+                    races += 1;
                     warn!(commit = %commit, attempt, "lock push rejected ({reason}); fetching and retrying");
                     last = reason;
-                    Backoff::race_delay(attempt)
+                    fetch_first = true;
+                    Backoff::race_delay(races)
                 }
                 Err(err) => {
                     let delay = backoff.next_delay();
@@ -166,6 +334,7 @@ impl NotesStore {
                         "lock attempt failed: {err}"
                     );
                     last = err.to_string();
+                    fetch_first = true;
                     delay
                 }
             };
@@ -179,17 +348,25 @@ impl NotesStore {
         })
     }
 
+    /// The watched branch's value in the results repository: as last read
+    /// or pushed by this store, read with `ls-remote` the first time. A
+    /// value gone stale only makes the branch push's lease fail, which
+    /// [`crate::publish`] settles.
+    async fn branch_value(&self, branch: &BranchName) -> Result<Option<String>, GitError> {
+        if let Some(value) = self.view().branch.clone() {
+            return Ok(value);
+        }
+        let value = self.remote_branch(branch).await?;
+        self.remember_branch(value.clone());
+        Ok(value)
+    }
+
     async fn try_lock(
         &self,
         commit: &str,
-        branch: Option<&BranchName>,
+        branch_value: Option<String>,
+        fetched: bool,
     ) -> Result<LockAttempt, GitError> {
-        self.sync().await?;
-        let branch_value = match branch {
-            Some(branch) => self.remote_branch(branch).await?,
-            None => None,
-        };
-
         let lock_ref = self.namespace.note_ref("locked");
         // Adding a note without -f fails when one exists, which makes the
         // note itself the lock: whoever pushes it first owns the commit.
@@ -203,6 +380,9 @@ impl NotesStore {
             .await?;
         if !added.status.success() {
             if added.stderr.contains("existing notes") {
+                if !fetched {
+                    return Ok(LockAttempt::Unsure);
+                }
                 return self.try_takeover(commit, branch_value).await;
             }
             return Err(added
@@ -237,11 +417,23 @@ impl NotesStore {
             return Ok(LockAttempt::Raced("lock note vanished".into()));
         };
         let note = parse_lock_note(&text);
+        let now = chrono::Utc::now().timestamp();
+        // A live lock is held whatever else is there: look for results
+        // (two more git calls) only when the lock itself looks stale.
+        if judge_lock(&note, false, now, self.stale_lock_after) == LockVerdict::Held {
+            let stale_at = note
+                .lease_until
+                .or_else(|| Some(lease::lease_end(note.taken_at?, self.stale_lock_after?)));
+            return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked { stale_at }));
+        }
         let has_result = self.has_note("result.passed", commit).await?
             || self.has_note("result.failed", commit).await?;
-        let now = chrono::Utc::now().timestamp();
         let reason = match judge_lock(&note, has_result, now, self.stale_lock_after) {
-            LockVerdict::Held => return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked)),
+            LockVerdict::Held => {
+                return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked {
+                    stale_at: None,
+                }))
+            }
             LockVerdict::Stale(reason) => reason,
         };
         let text = lease::current_lock_text(self.lease);
@@ -400,24 +592,141 @@ impl NotesStore {
     }
 
     /// Adds (or replaces) the note `name` of `commit` with the blob `blob`,
-    /// byte for byte.
+    /// byte for byte, with `git notes add`, which (unlike fast-import)
+    /// annotates an object the repository does not have.
     pub async fn add_blob_note(
         &self,
         commit: &str,
         name: &str,
         blob: &str,
     ) -> Result<(), GitError> {
+        let note_ref = self.namespace.note_ref(name);
         // -C takes the blob as it is: no whitespace clean-up, no editor.
         // -f because a result note for a commit this instance holds the lock
         // on may exist from an interrupted earlier run; the new run wins.
         self.git
             .command("notes")
-            .arg(format!("--ref={}", self.namespace.note_ref(name)))
+            .arg(format!("--ref={note_ref}"))
             .args(["add", "-f", "--allow-empty", "-C", blob])
             .positional([commit])
             .run()
-            .await
-            .map(drop)
+            .await?;
+        match self.local_ref(&note_ref).await? {
+            Some(value) => self.view().refs.insert(note_ref, value),
+            None => self.view().refs.remove(&note_ref),
+        };
+        Ok(())
+    }
+
+    /// Adds (or replaces) notes on `commit`, one new commit on each named
+    /// note ref built on its local value, in one `git fast-import`. Returns
+    /// the blob id of each note, in order. `commit` must be an object the
+    /// repository can read (fast-import checks it is a commit); for one it
+    /// cannot, use [`NotesStore::add_blob_note`].
+    pub async fn write_notes(
+        &self,
+        commit: &str,
+        notes: &[(String, NoteContent)],
+    ) -> Result<Vec<String>, GitError> {
+        let (committer, parents) = {
+            let view = self.view();
+            let committer = view
+                .committer
+                .clone()
+                .unwrap_or_else(|| "icyci <icyci@localhost>".into());
+            let parents: Vec<Option<String>> = notes
+                .iter()
+                .map(|(name, _)| view.refs.get(&self.namespace.note_ref(name)).cloned())
+                .collect();
+            (committer, parents)
+        };
+        let mut stream = vec![StdinPart::Bytes(b"feature done\n".to_vec())];
+        let mut text = String::new();
+        for (index, (_, content)) in notes.iter().enumerate() {
+            if let NoteContent::File(path) = content {
+                let len = std::fs::metadata(path)
+                    .map_err(|source| GitError::Spawn {
+                        command: format!("git fast-import (reading {})", path.display()),
+                        source,
+                    })?
+                    .len();
+                stream.push(StdinPart::Bytes(
+                    format!("blob\nmark :{}\ndata {len}\n", index + 1).into_bytes(),
+                ));
+                stream.push(StdinPart::File {
+                    path: path.clone(),
+                    len,
+                });
+                stream.push(StdinPart::Bytes(b"\n".to_vec()));
+            }
+        }
+        let message = "Notes added by icyci\n";
+        for (index, ((name, content), parent)) in notes.iter().zip(&parents).enumerate() {
+            let blob = match content {
+                NoteContent::File(_) => format!(":{}", index + 1),
+                NoteContent::Blob(id) => id.clone(),
+            };
+            text.push_str(&format!(
+                "commit {}\nmark :{}\ncommitter {committer} now\ndata {}\n{message}",
+                self.namespace.note_ref(name),
+                notes.len() + index + 1,
+                message.len()
+            ));
+            if let Some(parent) = parent {
+                text.push_str(&format!("from {parent}\n"));
+            }
+            text.push_str(&format!("N {blob} {commit}\n\n"));
+        }
+        // Ask back the ids of the blobs written here, then of the commits.
+        let new_blobs: Vec<usize> = notes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, content))| matches!(content, NoteContent::File(_)))
+            .map(|(index, _)| index)
+            .collect();
+        for index in &new_blobs {
+            text.push_str(&format!("get-mark :{}\n", index + 1));
+        }
+        for index in 0..notes.len() {
+            text.push_str(&format!("get-mark :{}\n", notes.len() + index + 1));
+        }
+        text.push_str("done\n");
+        stream.push(StdinPart::Bytes(text.into_bytes()));
+
+        let marks = self
+            .git
+            .command("fast-import")
+            .args(["--quiet", "--date-format=now"])
+            .stdin_parts(stream)
+            .run()
+            .await?;
+        let marks: Vec<&str> = marks.lines().collect();
+        if marks.len() != new_blobs.len() + notes.len() {
+            return Err(GitError::Failed {
+                command: "git fast-import".into(),
+                status: "exit status 0".into(),
+                stderr: format!(
+                    "expected {} marks back, got {}",
+                    new_blobs.len() + notes.len(),
+                    marks.len()
+                ),
+            });
+        }
+        let (blob_marks, commit_marks) = marks.split_at(new_blobs.len());
+        let mut blob_marks = blob_marks.iter();
+        let mut blobs = Vec::with_capacity(notes.len());
+        let mut view = self.view();
+        for ((name, content), commit_id) in notes.iter().zip(commit_marks) {
+            view.refs
+                .insert(self.namespace.note_ref(name), (*commit_id).to_owned());
+            blobs.push(match content {
+                NoteContent::File(_) => {
+                    (*blob_marks.next().expect("one mark per new blob")).to_owned()
+                }
+                NoteContent::Blob(id) => id.clone(),
+            });
+        }
+        Ok(blobs)
     }
 
     /// Pushes `refspecs` to the results remote in one push, with an

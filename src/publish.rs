@@ -1,6 +1,7 @@
 //! Publishing a verdict: the captured output, the verdict and the extra
-//! notes become blobs, then notes on the tested commit, then one push to the
-//! results repository together with the tested branch and verified tag.
+//! notes become notes on the tested commit (blobs and note commits written
+//! by one `git fast-import`), then one push to the results repository
+//! together with the tested branch and verified tag.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tracing::{info, warn};
 use crate::config::BranchName;
 use crate::duration::{format_duration, round_to_millis};
 use crate::git::{Git, GitError, PushStatus};
-use crate::notes::{remote_ref_value, NotesStore};
+use crate::notes::{remote_ref_value, NoteContent, NotesStore};
 use crate::retry::Backoff;
 use crate::verify::VerifiedTip;
 
@@ -44,6 +45,12 @@ pub struct Publication {
     pub tip: VerifiedTip,
     /// `(note name, blob id)` pairs still to be pushed.
     notes: Vec<(String, String)>,
+    /// The store generation in which the notes were last written into the
+    /// local note refs; a fetch since then may have replaced them.
+    written: Option<u64>,
+    /// The commit is not an object of the repository (a spooled commit the
+    /// source has lost): its notes are added with `git notes add`.
+    annotate_missing: bool,
     branch: Option<BranchUpdate>,
     push_tag: bool,
     /// The verdict, for `-once`'s exit status.
@@ -51,13 +58,47 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// Stores the staged files as blobs in one `hash-object` call.
+    /// Writes the staged files as notes on the tip into the store's local
+    /// refs (one `git fast-import`), ready to be pushed.
     pub async fn stage(
-        git: &Git,
+        store: &NotesStore,
         tip: VerifiedTip,
         notes: Vec<StagedNote>,
         branch: Option<BranchUpdate>,
         push_tag: bool,
+        passed: bool,
+    ) -> Result<Self, GitError> {
+        let names: Vec<String> = notes.iter().map(|n| n.name.clone()).collect();
+        let contents: Vec<(String, NoteContent)> = notes
+            .into_iter()
+            .map(|n| (n.name, NoteContent::File(n.file)))
+            .collect();
+        if !store.synced() {
+            // Nothing fetched yet (results delivered at start): build on
+            // the remote's refs rather than have the first push refused.
+            store.sync().await?;
+        }
+        let generation = store.generation();
+        let blobs = store.write_notes(&tip.commit, &contents).await?;
+        let push_tag = push_tag && tip.tag.is_some();
+        Ok(Publication {
+            tip,
+            notes: names.into_iter().zip(blobs).collect(),
+            written: Some(generation),
+            annotate_missing: false,
+            branch,
+            push_tag,
+            passed,
+        })
+    }
+
+    /// Like [`Publication::stage`] for a commit the repository does not
+    /// have: the blobs are written now and the notes added with `git notes
+    /// add` at each push round.
+    pub async fn stage_without_commit(
+        store: &NotesStore,
+        tip: VerifiedTip,
+        notes: Vec<StagedNote>,
         passed: bool,
     ) -> Result<Self, GitError> {
         let paths: String = notes
@@ -65,7 +106,8 @@ impl Publication {
             .map(|n| format!("{}\n", n.file.display()))
             .collect();
         // --no-filters: the bytes as captured, no attribute-driven conversion.
-        let blobs = git
+        let blobs = store
+            .git()
             .command("hash-object")
             .args(["-w", "--no-filters", "--stdin-paths"])
             .stdin(paths.into_bytes())
@@ -76,12 +118,13 @@ impl Publication {
             .map(|n| n.name)
             .zip(blobs.lines().map(str::to_owned))
             .collect();
-        let push_tag = push_tag && tip.tag.is_some();
         Ok(Publication {
             tip,
             notes,
-            branch,
-            push_tag,
+            written: None,
+            annotate_missing: true,
+            branch: None,
+            push_tag: false,
             passed,
         })
     }
@@ -104,10 +147,10 @@ pub async fn publish(
 ) -> Result<(), GitError> {
     let commit = publication.tip.commit.clone();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    // The script ran in this clone and may have touched its note refs (a
-    // test suite that runs `git notes` in its checkout): start every
-    // publication from the results repository's refs, never from local ones.
-    let mut needs_sync = true;
+    // Push first: the notes were written on the local refs, which are the
+    // remote's unless another instance pushed meanwhile. Only a refusal
+    // (or a failure) costs a fetch.
+    let mut needs_sync = false;
     let mut notes_pushed = false;
     let mut round: u32 = 0;
     let mut refusals: u32 = 0;
@@ -181,8 +224,21 @@ async fn push_round(
             store.sync().await?;
             *needs_sync = false;
         }
-        for (name, blob) in &publication.notes {
-            store.add_blob_note(&commit, name, blob).await?;
+        let generation = store.generation();
+        if publication.written != Some(generation) {
+            if publication.annotate_missing {
+                for (name, blob) in &publication.notes {
+                    store.add_blob_note(&commit, name, blob).await?;
+                }
+            } else {
+                let contents: Vec<(String, NoteContent)> = publication
+                    .notes
+                    .iter()
+                    .map(|(name, blob)| (name.clone(), NoteContent::Blob(blob.clone())))
+                    .collect();
+                store.write_notes(&commit, &contents).await?;
+            }
+            publication.written = Some(generation);
         }
         for (name, _) in &publication.notes {
             let note_ref = namespace.note_ref(name);
@@ -257,7 +313,10 @@ async fn settle_branch(
     status: Option<PushStatus>,
 ) -> Result<Option<BranchUpdate>, GitError> {
     match status {
-        Some(PushStatus::Accepted) => Ok(None),
+        Some(PushStatus::Accepted) => {
+            store.remember_branch(Some(commit.to_owned()));
+            Ok(None)
+        }
         None => Ok(Some(update)),
         Some(PushStatus::StaleLease) => {
             // Someone moved the results branch since the lock was taken.
@@ -266,6 +325,7 @@ async fn settle_branch(
             let source_tip = remote_ref_value(source, "origin", &update.branch.full_ref()).await?;
             if source_tip.as_deref() == Some(commit) {
                 let expected = store.remote_branch(&update.branch).await?;
+                store.remember_branch(expected.clone());
                 info!(commit = %commit, "results branch moved meanwhile; retrying with a new lease");
                 Ok(Some(BranchUpdate { expected, ..update }))
             } else {

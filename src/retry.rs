@@ -30,10 +30,12 @@ impl Backoff {
         self.delays.next().unwrap_or(self.max).min(self.max)
     }
 
-    /// Pause after losing a push race to another instance: retry almost at
-    /// once, but spread instances apart so that they do not collide again.
+    /// Pause after losing push race number `attempt` to another instance:
+    /// the first is retried at once (the fetch in between already spaces
+    /// the instances), later ones after a short jitter that grows, so that
+    /// instances that keep colliding spread apart.
     pub fn race_delay(attempt: u32) -> Duration {
-        let spread = 50 * u64::from(attempt.min(10));
+        let spread = 40 * u64::from(attempt.saturating_sub(1).min(10));
         Duration::from_millis(fastrand::u64(..=spread))
     }
 }
@@ -48,6 +50,7 @@ mod tests {
         for _ in 0..50 {
             assert!(backoff.next_delay() <= Duration::from_secs(2));
         }
-        assert!(Backoff::race_delay(3) <= Duration::from_millis(150));
+        assert_eq!(Backoff::race_delay(1), Duration::ZERO);
+        assert!(Backoff::race_delay(3) <= Duration::from_millis(80));
     }
 }

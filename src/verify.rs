@@ -182,9 +182,15 @@ pub async fn verify_tip(
     git: &Git,
     tip: &str,
     policy: &SignaturePolicy,
+    look_for_tags: bool,
 ) -> Result<Verification, GitError> {
     let mut rejections = Vec::new();
-    for tag in tags_at(git, tip).await? {
+    let tags = if look_for_tags {
+        tags_at(git, tip).await?
+    } else {
+        Vec::new()
+    };
+    for tag in tags {
         if !tag.annotated {
             debug!(commit = tip, tag = %tag.refname, "lightweight tag carries no signature");
             continue;

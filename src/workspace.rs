@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
+/// Name of the notes repository in the private directory.
+const RESULTS_REPOSITORY: &str = "results.git";
+
 /// Directory layout of one job's workspace.
 #[derive(Debug)]
 pub struct Workspace {
@@ -37,6 +40,13 @@ impl Workspace {
         self.root().join("source")
     }
 
+    /// The daemon's private bare repository holding the note refs (see
+    /// [`crate::notes`]), in the private directory: out of the script's
+    /// reach like the captured output.
+    pub fn results_dir(&self) -> PathBuf {
+        self.private_dir().join(RESULTS_REPOSITORY)
+    }
+
     /// The staging directory offered to the script as `$ICYCI_NOTES_DIR`.
     pub fn notes_dir(&self) -> PathBuf {
         self.root().join("notes")
@@ -54,10 +64,22 @@ impl Workspace {
     /// notes directory is removed without following a link the script may
     /// have put in its place.
     pub fn reset_staging(&self) -> io::Result<()> {
-        for dir in [self.notes_dir(), self.private_dir()] {
-            remove_without_following(&dir)?;
+        remove_without_following(&self.notes_dir())?;
+        // The private directory's files, but not the notes repository,
+        // which lives as long as the clone.
+        let entries = match std::fs::read_dir(self.private_dir()) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return make_private_dir(&self.private_dir());
+            }
+            entries => entries?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name() != RESULTS_REPOSITORY {
+                remove_without_following(&entry.path())?;
+            }
         }
-        make_private_dir(&self.private_dir())
+        Ok(())
     }
 
     /// Creates a fresh notes directory (mode 0700) for a script run.

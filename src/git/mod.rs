@@ -19,7 +19,10 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
-pub use parse::{parse_push_porcelain, parse_tags_at, PushStatus, PushedRef, TagAtTip};
+pub use parse::{
+    parse_fetch_head, parse_push_porcelain, parse_tags_at, FetchedRef, PushStatus, PushedRef,
+    TagAtTip,
+};
 pub use refname::{is_valid_branch_name, is_valid_full_refname};
 
 use crate::config::mask_credentials;
@@ -111,13 +114,24 @@ impl Git {
     /// domain name: then the repository gets an identity of its own,
     /// `icyci <icyci@HOSTNAME>`.
     pub async fn ensure_committer_identity(&self) -> Result<(), GitError> {
+        self.committer_identity().await.map(drop)
+    }
+
+    /// Like [`Git::ensure_committer_identity`], and returns the identity
+    /// as `Name <email>`.
+    pub async fn committer_identity(&self) -> Result<String, GitError> {
         let known = self
             .command("var")
             .arg("GIT_COMMITTER_IDENT")
             .output()
             .await?;
         if known.status.success() {
-            return Ok(());
+            // `Name <email> 1700000000 +0000`: the date is set per commit.
+            let ident = known.stdout_text();
+            let ident = ident.trim();
+            if let Some(end) = ident.rfind('>') {
+                return Ok(ident[..=end].to_owned());
+            }
         }
         let host = nix::unistd::gethostname()
             .ok()
@@ -131,7 +145,7 @@ impl Git {
                 .run()
                 .await?;
         }
-        Ok(())
+        Ok(format!("icyci <{email}>"))
     }
 
     /// Starts building a command `git <subcommand> ...`.
@@ -149,7 +163,23 @@ impl Git {
 pub struct GitCommand {
     dir: PathBuf,
     args: Vec<OsString>,
-    stdin: Option<Vec<u8>>,
+    stdin: Option<Vec<StdinPart>>,
+}
+
+/// A piece of a command's standard input, written in order.
+#[derive(Debug)]
+pub enum StdinPart {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// The first `len` bytes of this file, streamed rather than read into
+    /// memory (captured script output can be large). A file shorter than
+    /// `len` cuts the input short, which the command sees as an error.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// How many bytes the caller announced to git.
+        len: u64,
+    },
 }
 
 impl GitCommand {
@@ -182,7 +212,13 @@ impl GitCommand {
 
     /// Feeds `input` to the command's standard input (otherwise it is closed).
     pub fn stdin(mut self, input: Vec<u8>) -> Self {
-        self.stdin = Some(input);
+        self.stdin = Some(vec![StdinPart::Bytes(input)]);
+        self
+    }
+
+    /// Feeds `parts` to the command's standard input, one after another.
+    pub fn stdin_parts(mut self, parts: Vec<StdinPart>) -> Self {
+        self.stdin = Some(parts);
         self
     }
 
@@ -201,9 +237,9 @@ impl GitCommand {
         })?;
         let pipe = child.stdin.take();
         let feed = async move {
-            if let (Some(input), Some(mut pipe)) = (self.stdin, pipe) {
+            if let (Some(parts), Some(mut pipe)) = (self.stdin, pipe) {
                 // A git that exits early closes its end; its status says why.
-                let _ = pipe.write_all(&input).await;
+                let _ = feed_parts(parts, &mut pipe).await;
             }
         };
         // Fed and drained at once: git answers `cat-file --batch` queries
@@ -269,6 +305,31 @@ impl GitCommand {
         }
         command.spawn()
     }
+}
+
+/// Writes `parts` to `pipe`; stops at the first error (a closed pipe, a
+/// file that cannot be read or is shorter than announced).
+async fn feed_parts(
+    parts: Vec<StdinPart>,
+    pipe: &mut tokio::process::ChildStdin,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    for part in parts {
+        match part {
+            StdinPart::Bytes(bytes) => pipe.write_all(&bytes).await?,
+            StdinPart::File { path, len } => {
+                let file = tokio::fs::File::open(&path).await?;
+                let copied = tokio::io::copy(&mut file.take(len), pipe).await?;
+                if copied != len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("{} is shorter than announced", path.display()),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Settings forced on every git child.

@@ -76,6 +76,49 @@ pub fn parse_tags_at(stdout: &str) -> Vec<TagAtTip> {
         .collect()
 }
 
+/// One line of `.git/FETCH_HEAD`, which `git fetch` writes with every ref it
+/// fetched: `<oid>\t[not-for-merge]\t<description>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRef {
+    /// The object the remote ref pointed to.
+    pub oid: String,
+    /// False for the refs named on the command line (or the configured
+    /// merge branch); true for the rest, such as tags fetched because
+    /// they point into the fetched history.
+    pub not_for_merge: bool,
+    /// The remote ref's name when git wrote it in full (`'refs/notes/x'
+    /// of <url>`); `None` for the short forms (`branch 'main' of <url>`,
+    /// `tag 'v1' of <url>`).
+    pub full_name: Option<String>,
+}
+
+/// Parses the text of `FETCH_HEAD`; lines that do not look like git's are
+/// skipped.
+pub fn parse_fetch_head(text: &str) -> Vec<FetchedRef> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, '\t');
+            let oid = fields.next()?;
+            let marker = fields.next()?;
+            let description = fields.next()?;
+            if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let full_name = description
+                .strip_prefix('\'')
+                .and_then(|rest| rest.split_once("' of "))
+                .map(|(name, _)| name)
+                .filter(|name| name.starts_with("refs/"))
+                .map(str::to_owned);
+            Some(FetchedRef {
+                oid: oid.to_owned(),
+                not_for_merge: marker == "not-for-merge",
+                full_name,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +153,23 @@ mod tests {
         assert!(tags[0].annotated);
         assert!(!tags[1].annotated);
         assert_eq!(tags[1].refname, "refs/tags/light");
+    }
+
+    #[test]
+    fn fetch_head_lines_are_read() {
+        let text = "5877e5d05b82d6d7b1bfc4e22a5fec620b9349e1\t\tbranch 'main' of file:///tmp/src\n\
+                    e1b2c86154e5282620578e65964f0ece86f1d65b\tnot-for-merge\ttag 'v4' of file:///tmp/src\n\
+                    08f1a746ca554555a9088bf74adf65853a015f73\t\t'refs/notes/icyci.locked' of git://h/r\n\
+                    garbage line\n";
+        let refs = parse_fetch_head(text);
+        assert_eq!(refs.len(), 3);
+        assert!(!refs[0].not_for_merge);
+        assert_eq!(refs[0].full_name, None);
+        assert!(refs[1].not_for_merge);
+        assert_eq!(refs[1].oid, "e1b2c86154e5282620578e65964f0ece86f1d65b");
+        assert_eq!(
+            refs[2].full_name.as_deref(),
+            Some("refs/notes/icyci.locked")
+        );
     }
 }

@@ -204,12 +204,13 @@ async fn branch_name(reader: &ResultsReader, rev: &str) -> String {
 }
 
 /// Refreshes a daemon's site in `dir` after a push, from the daemon's own
-/// clone: its `refs/notes/<ns>.*` were just synced with the results
-/// repository, and its `origin/<branch>` is the source branch. A failure is
-/// a warning: the site never stops the daemon.
-pub async fn refresh_daemon_site(clone: &Git, config: &JobConfig, dir: &Path) {
-    let reader = ResultsReader::new(clone.clone(), "refs/notes/");
-    let rev = format!("refs/remotes/origin/{}", config.branch);
+/// notes repository `repo`: its `refs/notes/<ns>.*` were just pushed to the
+/// results repository, and it reads the source's commits (through its
+/// alternates) back from `tip`, the commit just tested. A failure is a
+/// warning: the site never stops the daemon.
+pub async fn refresh_daemon_site(repo: &Git, tip: &str, config: &JobConfig, dir: &Path) {
+    let reader = ResultsReader::new(repo.clone(), "refs/notes/");
+    let rev = tip.to_owned();
     let options = SiteOptions {
         label: config.results.to_string(),
         branch: config.branch.to_string(),

@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod contain;
 mod cycle;
+mod frugal;
 mod harness;
 mod instances;
 mod leases;
