@@ -171,7 +171,8 @@ const FLAGS: [(&str, Kind, &str, &str); 21] = [
         "state-dir",
         Kind::Value,
         "DIR",
-        "keep results not yet pushed in DIR/spool (default $XDG_STATE_HOME/icyci/<job>)",
+        "keep the workspace and results not yet pushed in DIR, one instance at a time \
+         (default $XDG_STATE_HOME/icyci/<job>)",
     ),
     (
         "keep-full-output",

@@ -28,12 +28,18 @@ pub enum Action {
     /// Run one full cycle on throwaway repositories and print the results.
     Demo,
     /// One row per commit of a branch, one column per namespace.
+    ///
+    /// States: passed, failed, running (locked, no result yet), stale (locked,
+    /// no result, and the lock's lease has ended: its tester died; an instance
+    /// takes the commit over when it finds it as its branch tip, and `icyci
+    /// retest` removes the lock by hand) or untested. In JSON a stale lock
+    /// stays "running" in "results" and is named in "stale".
     Results(ResultsArgs),
     /// The verdict, output and extra notes of one commit.
     Show(ShowArgs),
     /// Exit 0 when a commit passed in every selected namespace, 1 when any
-    /// failed, 8 when any is still running or untested, 2 when the question
-    /// cannot be answered.
+    /// failed, 8 when any is still running (a stale lock too) or untested, 2
+    /// when the question cannot be answered.
     Status(StatusArgs),
     /// Write a static HTML site of the results.
     Site(SiteArgs),

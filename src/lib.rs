@@ -10,7 +10,7 @@
 //! [`trust`]), the notes store and lock ([`notes`], [`publish`],
 //! [`notes_dir`]) and the script runner ([`runner`], with its bounded
 //! output [`capture`] and process containment [`contain`]), all inside a
-//! temporary [`workspace`].
+//! [`workspace`] in the job's state directory.
 
 #![warn(missing_docs)]
 

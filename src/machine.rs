@@ -405,40 +405,46 @@ impl Job {
 
     async fn clone_source(&mut self, delay: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(delay).await;
-        let target = self.workspace.source_dir();
-        // A failed attempt may leave a partial clone behind.
         self.checked_out = false;
-        tokio::task::spawn_blocking(move || remove_tree(&target))
-            .await
-            .map_err(std::io::Error::other)??;
-        let target = self.workspace.source_dir();
-        let mut clone = Git::new(self.workspace.root())
-            .command("clone")
-            .args(["--quiet", "--no-checkout", "--single-branch"])
-            .arg(format!("--branch={}", self.config.branch));
-        if let Some(reference) = &self.config.source_reference {
-            clone = clone.arg(format!("--reference={reference}"));
+        if !self.reuse_leftover_clone().await? {
+            let target = self.workspace.source_dir();
+            // A failed attempt may leave a partial clone behind. Unmarked
+            // first, so a removal cut short by a crash is never reused.
+            self.workspace.unmark_clone()?;
+            tokio::task::spawn_blocking(move || remove_tree(&target))
+                .await
+                .map_err(std::io::Error::other)??;
+            let target = self.workspace.source_dir();
+            let mut clone = Git::new(self.workspace.root())
+                .command("clone")
+                .args(["--quiet", "--no-checkout", "--single-branch"])
+                .arg(format!("--branch={}", self.config.branch));
+            if let Some(reference) = &self.config.source_reference {
+                clone = clone.arg(format!("--reference={reference}"));
+            }
+            clone
+                .positional([
+                    OsStr::new(self.config.source.as_git_arg()),
+                    target.as_os_str(),
+                ])
+                .run()
+                .await?;
+            self.source
+                .command("remote")
+                .arg("add")
+                .positional([RESULTS_REMOTE, self.config.results.as_git_arg()])
+                .run()
+                .await?;
         }
-        clone
-            .positional([
-                OsStr::new(self.config.source.as_git_arg()),
-                target.as_os_str(),
-            ])
-            .run()
-            .await?;
-        self.source
-            .command("remote")
-            .arg("add")
-            .positional([RESULTS_REMOTE, self.config.results.as_git_arg()])
-            .run()
-            .await?;
         self.source.ensure_committer_identity().await?;
         self.store
             .prepare(
                 self.config.results.as_git_arg(),
-                &target.join(".git").join("objects"),
+                &self.workspace.source_dir().join(".git").join("objects"),
             )
             .await?;
+        // Only a clone with this marker is reused after a crash.
+        self.workspace.mark_clone_complete(&self.config)?;
         self.load_spool().await?;
 
         if let Some(step) = self.owned_work() {
@@ -452,6 +458,54 @@ impl Job {
         }
         let tip = self.source_tip().await?;
         Ok(Step::Verify { tip, tags: true })
+    }
+
+    /// Brings a completed clone left by a killed instance up to date with
+    /// an incremental fetch instead of cloning afresh; `false` when there is
+    /// none or it cannot be used (then it is cloned again). Its work tree
+    /// and index were removed when the workspace was opened, so the first
+    /// run's forced checkout writes every file. A failed fetch is retried
+    /// like a failed clone, a few times, before the clone is given up.
+    async fn reuse_leftover_clone(&mut self) -> Result<bool, StepError> {
+        const LEFTOVER_FETCH_ATTEMPTS: u32 = 3;
+        if !self.workspace.has_leftover_clone() {
+            return Ok(false);
+        }
+        let failed_fetches = match self.failures.state {
+            Some(State::Clone) => self.failures.count,
+            _ => 0,
+        };
+        let usable = if failed_fetches >= LEFTOVER_FETCH_ATTEMPTS {
+            Err(format!("its fetch failed {failed_fetches} times"))
+        } else {
+            self.workspace.check_clone_marker(&self.config)
+        };
+        let before = match usable {
+            Ok(()) => (self.source_tip().await)
+                .map_err(|err| format!("git cannot read its branch: {err}")),
+            Err(reason) => Err(reason),
+        };
+        let before = match before {
+            Ok(tip) => tip,
+            Err(reason) => {
+                warn!(
+                    "not reusing the clone left by an earlier instance: {reason}; cloning afresh"
+                );
+                self.workspace.settle_leftover_clone();
+                return Ok(false);
+            }
+        };
+        self.source
+            .command("fetch")
+            .args(["--quiet", "origin"])
+            .run()
+            .await?;
+        self.workspace.settle_leftover_clone();
+        info!(
+            previous_tip = %before,
+            "reusing the clone left by an earlier instance: fetched incrementally"
+        );
+        Ok(true)
     }
 
     /// Waits, then looks at the source branch: one `ls-remote` while

@@ -1,6 +1,7 @@
 //! The `icyci` binary: parse the command line, set up logging and signals,
 //! run the job, and map how it ended to an exit status.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -9,7 +10,7 @@ use icyci::commands::{Action, Command, SUBCOMMANDS};
 use icyci::config::{default_state_dir, JobConfig};
 use icyci::machine::{Job, JobExit};
 use icyci::spool::{create_private_dir_all, Spool};
-use icyci::workspace::Workspace;
+use icyci::workspace::{OpenError, Workspace};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -78,10 +79,29 @@ fn anchor_paths(mut config: JobConfig) -> JobConfig {
 
 fn run(config: JobConfig) -> ExitCode {
     init_logging();
-    let spool = match open_spool(&config) {
-        Ok(spool) => spool,
+    let state_dir = match create_state_dir(&config) {
+        Ok(dir) => dir,
         Err(err) => {
             tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The lock comes first: a second instance of the job touches nothing.
+    let workspace = match Workspace::open(&state_dir) {
+        Ok(workspace) => workspace,
+        Err(err @ OpenError::Busy { .. }) => {
+            eprintln!("icyci: {err}");
+            return ExitCode::from(USAGE_EXIT);
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let spool = match Spool::open(&state_dir) {
+        Ok(spool) => spool,
+        Err(err) => {
+            tracing::error!("cannot open the spool in {}: {err}", state_dir.display());
             return ExitCode::FAILURE;
         }
     };
@@ -104,16 +124,6 @@ fn run(config: JobConfig) -> ExitCode {
         }
     };
     let status = runtime.block_on(async {
-        let workspace = match Workspace::create() {
-            Ok(workspace) => workspace,
-            Err(err) => {
-                tracing::error!(
-                    "cannot create the workspace under {}: {err}",
-                    std::env::temp_dir().display()
-                );
-                return ExitCode::FAILURE;
-            }
-        };
         let shutdown = CancellationToken::new();
         let (usr1_sender, usr1) = broadcast::channel(4);
         if let Err(err) = watch_signals(shutdown.clone(), usr1_sender) {
@@ -132,9 +142,9 @@ fn run(config: JobConfig) -> ExitCode {
     status
 }
 
-/// Creates the state directory (mode 0700) and opens its spool, which
-/// drops half-written entries.
-fn open_spool(config: &JobConfig) -> Result<Spool, String> {
+/// Creates the state directory (mode 0700), which holds the lock file,
+/// the workspace and the spool.
+fn create_state_dir(config: &JobConfig) -> Result<PathBuf, String> {
     let dir = match config
         .state_dir
         .clone()
@@ -146,7 +156,7 @@ fn open_spool(config: &JobConfig) -> Result<Spool, String> {
         }
     };
     create_private_dir_all(&dir)
-        .and_then(|()| Spool::open(&dir))
+        .map(|()| dir.clone())
         .map_err(|err| format!("cannot create the state directory {}: {err}", dir.display()))
 }
 

@@ -295,12 +295,28 @@ impl GitCommand {
         // A git child must never wait for a human. Without a controlling
         // terminal, ssh and credential helpers cannot prompt on /dev/tty, and
         // the daemon's own SIGINT handling decides when children stop.
-        // SAFETY: setsid() is async-signal-safe and touches no memory.
+        //
+        // A git child must not outlive a daemon that was killed (SIGKILL):
+        // a clone or fetch going on in the workspace would race the next
+        // instance, which reuses it. The parent-death signal fires when the
+        // thread that forked exits, so it is set only for children of the
+        // main thread (where the daemon's current-thread runtime runs them),
+        // never for one forked from a pool thread that may end any time.
+        let parent = std::process::id();
+        let from_main_thread = nix::unistd::gettid().as_raw() as u32 == parent;
+        // SAFETY: setsid(), prctl() and getppid() are async-signal-safe
+        // system calls and touch no memory.
         unsafe {
-            command.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(drop)
-                    .map_err(std::io::Error::from)
+            command.pre_exec(move || {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if from_main_thread {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                    // The daemon died before the signal was set up.
+                    if nix::unistd::getppid().as_raw() as u32 != parent {
+                        return Err(std::io::Error::other("the daemon is gone"));
+                    }
+                }
+                Ok(())
             });
         }
         command.spawn()

@@ -1,13 +1,15 @@
 //! The site's memory between runs, kept in `.icyci-site` in the output
 //! directory: which renderer wrote it, which namespaces have badges, and for
-//! every commit with a page the blob ids of the notes it was rendered from.
+//! every commit with a page the blob ids of the notes it was rendered from
+//! and the namespaces where its lock was shown as stale.
 //!
-//! A commit whose notes still have the same blob ids is neither read nor
-//! rendered again: its page can only have changed if a note did. The file
+//! A commit whose notes still have the same blob ids, and whose locks are
+//! stale in the same namespaces, is neither read nor rendered again: its
+//! page can only have changed if a note did, or if a lease ended. The file
 //! also names every file the site made, so that files of commits no longer
 //! shown are removed without ever touching anything else in the directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use super::escape::file_name;
@@ -17,10 +19,13 @@ pub const MANIFEST_FILE: &str = ".icyci-site";
 
 /// Identifies the page format: pages written by another renderer are all
 /// rendered again.
-pub const RENDERER: &str = concat!("1 ", env!("CARGO_PKG_VERSION"));
+pub const RENDERER: &str = concat!("2 ", env!("CARGO_PKG_VERSION"));
 
 /// Notes of one commit: `(namespace, note name)` to blob id.
 pub type CommitNotes = BTreeMap<(String, String), String>;
+
+/// The namespaces in which a commit's lock was shown as stale.
+pub type StaleNamespaces = BTreeSet<String>;
 
 /// Notes whose content is shown on the page rather than saved as a file.
 const INLINE_NOTES: [&str; 3] = ["locked", "result.passed", "result.failed"];
@@ -34,6 +39,9 @@ pub struct Manifest {
     pub namespaces: Vec<String>,
     /// Commits with a page, and their notes.
     pub commits: BTreeMap<String, CommitNotes>,
+    /// Commits with a page that shows a stale lock, and in which
+    /// namespaces (never an empty set).
+    pub stale: BTreeMap<String, StaleNamespaces>,
 }
 
 impl Manifest {
@@ -43,6 +51,21 @@ impl Manifest {
             renderer: RENDERER.to_owned(),
             namespaces,
             commits: BTreeMap::new(),
+            stale: BTreeMap::new(),
+        }
+    }
+
+    /// The namespaces in which `commit`'s page shows a stale lock.
+    pub fn stale_of(&self, commit: &str) -> StaleNamespaces {
+        self.stale.get(commit).cloned().unwrap_or_default()
+    }
+
+    /// Records the namespaces in which `commit`'s page shows a stale lock.
+    pub fn set_stale(&mut self, commit: &str, namespaces: StaleNamespaces) {
+        if namespaces.is_empty() {
+            self.stale.remove(commit);
+        } else {
+            self.stale.insert(commit.to_owned(), namespaces);
         }
     }
 
@@ -66,6 +89,15 @@ impl Manifest {
                         notes.insert(((*ns).to_owned(), (*name).to_owned()), (*blob).to_owned());
                     }
                 }
+                ["stale", ns] => {
+                    if let Some(commit) = &current {
+                        manifest
+                            .stale
+                            .entry(commit.clone())
+                            .or_default()
+                            .insert((*ns).to_owned());
+                    }
+                }
                 _ => {}
             }
         }
@@ -82,6 +114,9 @@ impl Manifest {
             let _ = writeln!(text, "commit {commit}");
             for ((ns, name), blob) in notes {
                 let _ = writeln!(text, "note {ns} {name} {blob}");
+            }
+            for ns in self.stale.get(commit).into_iter().flatten() {
+                let _ = writeln!(text, "stale {ns}");
             }
         }
         text
@@ -150,14 +185,32 @@ mod tests {
         notes.insert(("icyci".into(), "output.stdout".into()), B.into());
         notes.insert(("icyci-arm".into(), "size".into()), B.into());
         manifest.commits.insert(A.into(), notes);
+        manifest.set_stale(A, ["icyci-arm".to_owned()].into());
         manifest
     }
 
     #[test]
     fn round_trip() {
         let manifest = sample();
+        assert!(
+            manifest.render().contains("\nstale icyci-arm\n"),
+            "{}",
+            manifest.render()
+        );
         assert_eq!(Manifest::parse(&manifest.render()), manifest);
         assert_eq!(manifest.renderer, RENDERER);
+    }
+
+    #[test]
+    fn stale_namespaces() {
+        let mut manifest = sample();
+        assert_eq!(manifest.stale_of(A), ["icyci-arm".to_owned()].into());
+        assert_eq!(manifest.stale_of(B), StaleNamespaces::new());
+        manifest.set_stale(A, StaleNamespaces::new());
+        assert!(manifest.stale.is_empty());
+        assert!(!manifest.render().contains("stale"));
+        // A stale line before any commit line belongs to no commit.
+        assert!(Manifest::parse("stale icyci\n").stale.is_empty());
     }
 
     #[test]

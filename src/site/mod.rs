@@ -13,6 +13,11 @@
 //! file is written only when its bytes change; the files of commits that
 //! are no longer shown are removed, so the directory does not grow without
 //! bound under a daemon.
+//!
+//! The one thing that depends on the clock is whether a lock is stale (its
+//! lease ended with no result, see [`crate::viewer::stale`]), judged once
+//! per build; the manifest records it, so that a page is rendered again
+//! when a lease ends.
 
 mod ansi;
 mod escape;
@@ -35,7 +40,10 @@ use crate::duration::format_duration;
 use crate::git::{Git, GitError};
 use crate::reader::{CommitInfo, CommitState, Namespace, NoteIndex, ResultsReader, CORE_NOTES};
 use crate::viewer::source::{self, SourceError};
-use manifest::{commit_files, commit_page_path, is_raw_note, raw_path, CommitNotes, Manifest};
+use crate::viewer::stale::{LockJudge, ShownState};
+use manifest::{
+    commit_files, commit_page_path, is_raw_note, raw_path, CommitNotes, Manifest, StaleNamespaces,
+};
 use output::SiteDir;
 use pages::{Row, Section, SiteInfo};
 
@@ -114,6 +122,9 @@ pub struct SiteOptions {
     pub ns: Option<String>,
     /// Number of commits.
     pub count: usize,
+    /// After how long a lock without a lease (the original icyCI's) is
+    /// shown as stale: a daemon's `-stale-lock-after`; `None`: never.
+    pub stale_lock_after: Option<Duration>,
 }
 
 /// What a build did.
@@ -179,6 +190,8 @@ async fn run(args: &SiteArgs) -> Result<BuildSummary, SiteError> {
         branch,
         ns: args.ns.clone(),
         count: args.count,
+        // No threshold is known outside a daemon: such a lock stays running.
+        stale_lock_after: None,
     };
     build(&opened.reader, &opened.rev, &args.out, &options).await
 }
@@ -217,6 +230,8 @@ pub async fn refresh_daemon_site(repo: &Git, tip: &str, config: &JobConfig, dir:
         // The clone holds the notes of its own namespace only.
         ns: Some(config.notes_ns.as_str().to_owned()),
         count: DAEMON_SITE_COMMITS,
+        // The daemon's own rule for taking over a lock without a lease.
+        stale_lock_after: config.stale_lock_after,
     };
     let site = dir.display();
     match tokio::time::timeout(DAEMON_SITE_LIMIT, build(&reader, &rev, dir, &options)).await {
@@ -248,6 +263,10 @@ pub async fn build(
     let commits = reader.commits(rev, options.count).await?;
     let ids: Vec<String> = commits.iter().map(|c| c.id.clone()).collect();
     let index = reader.index(&ids, &note_refs(&namespaces)).await?;
+    let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
+    let states = LockJudge::at_now(options.stale_lock_after)
+        .states(reader, &index, &ids, &names)
+        .await?;
     // Only now, with the results read, is the directory touched.
     let dir = SiteDir::new(out);
     let old = blocking({
@@ -256,8 +275,7 @@ pub async fn build(
     })
     .await?;
 
-    let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
-    let (manifest, to_render) = plan(&dir, &old, &namespaces, &commits, &index);
+    let (manifest, to_render) = plan(&dir, &old, &namespaces, &commits, &index, &states);
     let mut summary = BuildSummary {
         pages_kept: manifest.commits.len() - to_render.len(),
         ..BuildSummary::default()
@@ -275,7 +293,7 @@ pub async fn build(
         summary.files_written += blocking(move || write_pages(&dir, &batch, &contents)).await?;
     }
 
-    let shared = shared_files(options, &names, &commits, &index, &manifest);
+    let shared = shared_files(options, &names, &commits, &states, &manifest);
     let (written, removed) = blocking({
         let dir = dir.clone();
         move || finish(&dir, &old, &manifest, &shared)
@@ -288,38 +306,61 @@ pub async fn build(
 
 /// The manifest of this run, and the commits whose pages must be rendered:
 /// those with notes, unless the last run rendered them from the same notes
-/// and their files are still there.
+/// and the same stale locks, and their files are still there. `states`
+/// holds the state of each of `commits` in each of `namespaces`.
 fn plan(
     dir: &SiteDir,
     old: &Manifest,
     namespaces: &[Namespace],
     commits: &[CommitInfo],
     index: &NoteIndex,
+    states: &[Vec<ShownState>],
 ) -> (Manifest, Vec<PageJob>) {
     let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
     let mut manifest = Manifest::new(names.clone());
     let mut to_render = Vec::new();
-    for commit in commits {
+    for (commit, states) in commits.iter().zip(states) {
         let notes = commit_notes(index, &commit.id, namespaces);
         if notes.is_empty() {
             continue;
         }
-        let unchanged = old.renderer == manifest.renderer
-            && old.commits.get(&commit.id) == Some(&notes)
+        let stale = stale_namespaces(&names, states);
+        let unchanged = rendered_from(old, &commit.id, &notes, &stale)
             && dir.has_all(&commit_files(&commit.id, &notes));
         if !unchanged {
             to_render.push(PageJob {
                 commit: commit.clone(),
-                states: names
-                    .iter()
-                    .map(|ns| (ns.clone(), index.state(&commit.id, ns)))
-                    .collect(),
+                states: names.iter().cloned().zip(states.iter().cloned()).collect(),
                 notes: notes.clone(),
             });
         }
         manifest.commits.insert(commit.id.clone(), notes);
+        manifest.set_stale(&commit.id, stale);
     }
     (manifest, to_render)
+}
+
+/// The namespaces of `names` whose state in `states` is a stale lock.
+fn stale_namespaces(names: &[String], states: &[ShownState]) -> StaleNamespaces {
+    names
+        .iter()
+        .zip(states)
+        .filter(|(_, state)| state.stale.is_some())
+        .map(|(ns, _)| ns.clone())
+        .collect()
+}
+
+/// Whether the last run, by this renderer, rendered `commit`'s page from
+/// `notes`, with stale locks in the namespaces `stale`.
+fn rendered_from(
+    old: &Manifest,
+    commit: &str,
+    notes: &CommitNotes,
+    stale: &StaleNamespaces,
+) -> bool {
+    old.renderer == manifest::RENDERER
+        && old.commits.get(commit) == Some(notes)
+        && old.stale_of(commit) == *stale
 }
 
 /// One commit page to render.
@@ -327,7 +368,7 @@ fn plan(
 struct PageJob {
     commit: CommitInfo,
     /// State per shown namespace, in order.
-    states: Vec<(String, CommitState)>,
+    states: Vec<(String, ShownState)>,
     notes: CommitNotes,
 }
 
@@ -391,7 +432,7 @@ fn write_pages(
                 .collect::<Result<_, SiteError>>()?;
             let section = Section {
                 ns,
-                state: *state,
+                state: state.clone(),
                 verdict: note(ns, "result.failed")?.or(note(ns, "result.passed")?),
                 lock: note(ns, "locked")?,
                 stdout: note(ns, "output.stdout")?,
@@ -424,7 +465,7 @@ fn shared_files(
     options: &SiteOptions,
     names: &[String],
     commits: &[CommitInfo],
-    index: &NoteIndex,
+    states: &[Vec<ShownState>],
     manifest: &Manifest,
 ) -> Vec<(String, String)> {
     let site = SiteInfo {
@@ -434,9 +475,10 @@ fn shared_files(
     };
     let rows: Vec<Row<'_>> = commits
         .iter()
-        .map(|commit| Row {
+        .zip(states)
+        .map(|(commit, states)| Row {
             commit,
-            states: names.iter().map(|ns| index.state(&commit.id, ns)).collect(),
+            states: states.clone(),
             has_page: manifest.commits.contains_key(&commit.id),
         })
         .collect();
@@ -446,10 +488,11 @@ fn shared_files(
         ("style.css".to_owned(), pages::STYLE.to_owned()),
     ];
     for (position, ns) in names.iter().enumerate() {
-        let state = rows
-            .first()
-            .map_or(CommitState::Untested, |tip| tip.states[position]);
-        files.push((manifest::badge_path(ns), pages::badge(ns, state)));
+        let state = rows.first().map_or_else(
+            || CommitState::Untested.into(),
+            |tip| tip.states[position].clone(),
+        );
+        files.push((manifest::badge_path(ns), pages::badge(ns, &state)));
     }
     files
 }
@@ -488,4 +531,52 @@ async fn blocking<T: Send + 'static>(
             path: "site writer".to_owned(),
             source: std::io::Error::other(err),
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::viewer::stale::StaleLock;
+
+    const A: &str = "0123456789abcdef0123456789abcdef01234567";
+    const BLOB: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_page_is_rendered_again_when_its_lock_becomes_stale() {
+        let names = ["icyci".to_owned(), "icyci-arm".to_owned()];
+        let mut notes = CommitNotes::new();
+        notes.insert(("icyci".into(), "locked".into()), BLOB.into());
+        let running: Vec<ShownState> =
+            vec![CommitState::Running.into(), CommitState::Untested.into()];
+        let stale = vec![
+            ShownState {
+                state: CommitState::Running,
+                stale: Some(StaleLock {
+                    reason: "lease expired 2020-01-01T00:00:00Z".into(),
+                    holder: None,
+                    lease_until: Some(1_577_836_800),
+                }),
+            },
+            CommitState::Untested.into(),
+        ];
+        assert!(stale_namespaces(&names, &running).is_empty());
+        let stale_set = stale_namespaces(&names, &stale);
+        assert_eq!(stale_set, ["icyci".to_owned()].into());
+
+        // Rendered while running: same notes, now stale, so render again.
+        let mut old = Manifest::new(names.to_vec());
+        old.commits.insert(A.into(), notes.clone());
+        assert!(rendered_from(&old, A, &notes, &StaleNamespaces::new()));
+        assert!(!rendered_from(&old, A, &notes, &stale_set));
+        // Rendered stale: kept while it stays stale, rendered when it is not.
+        old.set_stale(A, stale_set.clone());
+        assert!(rendered_from(&old, A, &notes, &stale_set));
+        assert!(!rendered_from(&old, A, &notes, &StaleNamespaces::new()));
+        // Through the manifest file, as the next run reads it.
+        let reread = Manifest::parse(&old.render());
+        assert!(rendered_from(&reread, A, &notes, &stale_set));
+        // Another renderer's pages are all rendered again.
+        old.renderer = "1 0.0.0".into();
+        assert!(!rendered_from(&old, A, &notes, &stale_set));
+    }
 }

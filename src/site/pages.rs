@@ -3,7 +3,8 @@
 //!
 //! Rendering is pure: the same inputs give the same bytes. Times are the
 //! commits' own, shown in UTC; nothing depends on the clock, the output
-//! directory or the order of a hash map. Every link is relative, so the site
+//! directory or the order of a hash map (whether a lock is stale is decided
+//! before, and given in [`ShownState`]). Every link is relative, so the site
 //! reads the same from `file://` and from any web server.
 
 use std::fmt::Write;
@@ -14,6 +15,7 @@ use super::ansi;
 use super::escape::{anchor, escape, href};
 use super::manifest::{badge_path, commit_page_path, raw_path};
 use crate::reader::{CommitInfo, CommitState};
+use crate::viewer::stale::ShownState;
 
 /// The stylesheet, written as `style.css`.
 pub const STYLE: &str = include_str!("style.css");
@@ -40,7 +42,7 @@ pub struct Row<'a> {
     /// The commit.
     pub commit: &'a CommitInfo,
     /// State per namespace.
-    pub states: Vec<CommitState>,
+    pub states: Vec<ShownState>,
     /// Whether the commit has a page (any note in a shown namespace).
     pub has_page: bool,
 }
@@ -51,7 +53,7 @@ pub struct Section<'a> {
     /// The namespace.
     pub ns: &'a str,
     /// Its state.
-    pub state: CommitState,
+    pub state: ShownState,
     /// The result.failed note, else the result.passed note.
     pub verdict: Option<&'a [u8]>,
     /// The lock note.
@@ -131,13 +133,16 @@ fn index_row(html: &mut String, site: &SiteInfo<'_>, row: &Row<'_>) {
         escape(&commit.subject)
     );
     for (ns, state) in site.namespaces.iter().zip(&row.states) {
-        let label = state_label(*state);
-        if *state == CommitState::Untested {
+        let label = state_label(state);
+        if state.state == CommitState::Untested {
             let _ = write!(html, "<td class=\"state untested\">{label}</td>");
         } else {
+            let title = state.stale.as_ref().map_or_else(String::new, |stale| {
+                format!(" title=\"stale lock: {}\"", escape(&stale.describe()))
+            });
             let _ = write!(
                 html,
-                "<td class=\"state {}\"><a href=\"{page}#{}\">{label}</a></td>",
+                "<td class=\"state {}\"{title}><a href=\"{page}#{}\">{label}</a></td>",
                 state.name(),
                 anchor(ns)
             );
@@ -169,7 +174,7 @@ pub fn commit_page(commit: &CommitInfo, sections: &[Section<'_>]) -> String {
             anchor(section.ns),
             escape(section.ns),
             section.state.name(),
-            state_label(section.state)
+            state_label(&section.state)
         );
     }
     html.push_str("</ul>\n</header>\n<main>\n");
@@ -189,8 +194,20 @@ fn commit_section(html: &mut String, commit: &str, section: &Section<'_>) {
         anchor(ns),
         escape(ns),
         section.state.name(),
-        state_label(section.state)
+        state_label(&section.state)
     );
+    if let Some(stale) = &section.state.stale {
+        let _ = writeln!(
+            html,
+            "<p class=\"stale\"><strong>Stale lock:</strong> {}; no result. Its holder is gone: \
+             an instance takes the commit over when it next finds it as its branch tip, and \
+             <code>icyci retest {} --results-repo <var>URL</var> --ns {}</code> removes the \
+             lock.</p>",
+            escape(&stale.describe()),
+            escape(commit),
+            escape(ns)
+        );
+    }
     if let Some(verdict) = section.verdict {
         let _ = writeln!(
             html,
@@ -320,8 +337,8 @@ pub fn feed(site: &SiteInfo<'_>, rows: &[Row<'_>]) -> String {
     );
     for row in rows {
         for (ns, state) in site.namespaces.iter().zip(&row.states) {
-            if matches!(state, CommitState::Passed | CommitState::Failed) {
-                feed_entry(&mut xml, row.commit, ns, *state);
+            if matches!(state.state, CommitState::Passed | CommitState::Failed) {
+                feed_entry(&mut xml, row.commit, ns, state.state);
             }
         }
     }
@@ -362,9 +379,10 @@ fn feed_entry(xml: &mut String, commit: &CommitInfo, ns: &str, state: CommitStat
 }
 
 /// `badge/<ns>.svg`: the namespace and the tip's state, coloured.
-pub fn badge(ns: &str, state: CommitState) -> String {
+pub fn badge(ns: &str, state: &ShownState) -> String {
     let (left, right) = (text_width(ns), text_width(state.name()));
-    let colour = match state {
+    let colour = match state.state {
+        _ if state.stale.is_some() => "#bc4c00",
         CommitState::Passed => "#1a7f37",
         CommitState::Failed => "#cf222e",
         CommitState::Running => "#9a6700",
@@ -417,8 +435,9 @@ fn footer(html: &mut String) {
 
 /// The visible label of a state: a symbol for the eye and the word for
 /// everyone (colour is never the only sign).
-fn state_label(state: CommitState) -> String {
-    let symbol = match state {
+fn state_label(state: &ShownState) -> String {
+    let symbol = match state.state {
+        _ if state.stale.is_some() => "◌",
         CommitState::Passed => "✓",
         CommitState::Failed => "✗",
         CommitState::Running => "●",
@@ -524,7 +543,7 @@ mod tests {
         };
         let rows = [Row {
             commit: &info,
-            states: vec![CommitState::Failed, CommitState::Untested],
+            states: vec![CommitState::Failed.into(), CommitState::Untested.into()],
             has_page: true,
         }];
         let html = index(&site, &rows);
@@ -544,9 +563,100 @@ mod tests {
         assert!(atom.contains("<updated>2023-11-14T22:13:20Z</updated>"));
     }
 
+    fn stale() -> ShownState {
+        ShownState {
+            state: CommitState::Running,
+            stale: Some(crate::viewer::stale::StaleLock {
+                reason: "lease expired 2020-01-01T00:00:00Z".into(),
+                holder: Some(crate::lease::Holder {
+                    host: "<dead>".into(),
+                    pid: 42,
+                    id: "00112233aabbccdd".into(),
+                }),
+                lease_until: Some(1_577_836_800),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_stale_lock_is_shown_apart_from_running() {
+        let info = commit("its tester died");
+        let namespaces = ["icyci".to_owned(), "icyci-arm".to_owned()];
+        let site = SiteInfo {
+            label: "results",
+            branch: "main",
+            namespaces: &namespaces,
+        };
+        let rows = [Row {
+            commit: &info,
+            states: vec![stale(), CommitState::Running.into()],
+            has_page: true,
+        }];
+        let html = index(&site, &rows);
+        assert!(
+            html.contains(
+                "<td class=\"state stale\" title=\"stale lock: lease expired \
+                 2020-01-01T00:00:00Z, holder &lt;dead&gt; pid 42 id 00112233aabbccdd\">\
+                 <a href=\"commit/0123456789abcdef0123456789abcdef01234567.html#ns-icyci\">\
+                 <span aria-hidden=\"true\">◌</span> stale</a></td>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<td class=\"state running\"><a href=\"commit/0123456789abcdef0123456789abcdef\
+                 01234567.html#ns-icyci-arm\"><span aria-hidden=\"true\">●</span> running</a></td>"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("alt=\"icyci: stale\""), "{html}");
+        assert_eq!(feed(&site, &rows).matches("<entry>").count(), 0);
+
+        let lock = b"2019-12-31 23:00:00 +0000: this commit is being tested by icyCI\n";
+        let sections = [Section {
+            ns: "icyci",
+            state: stale(),
+            verdict: None,
+            lock: Some(lock),
+            stdout: None,
+            stderr: None,
+            extras: Vec::new(),
+        }];
+        let page = commit_page(&info, &sections);
+        assert!(
+            page.contains(
+                "<p class=\"stale\"><strong>Stale lock:</strong> lease expired \
+                 2020-01-01T00:00:00Z, holder &lt;dead&gt; pid 42 id 00112233aabbccdd; no \
+                 result. Its holder is gone: an instance takes the commit over when it next \
+                 finds it as its branch tip, and <code>icyci retest \
+                 0123456789abcdef0123456789abcdef01234567 --results-repo <var>URL</var> --ns \
+                 icyci</code> removes the lock.</p>"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("<span class=\"state stale\">"), "{page}");
+        assert!(
+            page.contains("<p class=\"lock\">Lock: 2019-12-31"),
+            "{page}"
+        );
+        // The same section without a stale lock says nothing of one.
+        let running = [Section {
+            state: CommitState::Running.into(),
+            ..sections[0].clone()
+        }];
+        let page = commit_page(&info, &running);
+        assert!(!page.contains("stale"), "{page}");
+        assert!(page.contains("<span class=\"state running\">"), "{page}");
+
+        let svg = badge("icyci", &stale());
+        assert!(svg.contains(">stale</text>"), "{svg}");
+        assert!(svg.contains("#bc4c00"), "{svg}");
+        assert!(STYLE.contains(".state.stale {"));
+    }
+
     #[test]
     fn badges_name_their_state() {
-        let svg = badge("icyci<x>", CommitState::Failed);
+        let svg = badge("icyci<x>", &CommitState::Failed.into());
         assert!(svg.contains("<text x=\""));
         assert!(svg.contains(">failed</text>"));
         assert!(svg.contains("icyci&lt;x&gt;"));

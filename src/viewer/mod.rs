@@ -11,6 +11,7 @@
 mod results;
 mod show;
 pub mod source;
+pub mod stale;
 mod status;
 mod terminal;
 

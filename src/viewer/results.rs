@@ -2,7 +2,10 @@
 //! state of every namespace in a column of its own; or the same as JSON.
 //!
 //! Only the shown commits' notes are looked up ([`ResultsReader::index`]),
-//! so the cost does not grow with the number of noted commits.
+//! so the cost does not grow with the number of noted commits. A lock
+//! without result whose lease has ended shows as `stale` in the table; in
+//! JSON its state stays `running` (as before) and the commit's `stale`
+//! object says why.
 //!
 //! [`ResultsReader::index`]: crate::reader::ResultsReader::index
 
@@ -11,11 +14,13 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::stale::{LockJudge, ShownState};
 use super::terminal::{paint, Style};
 use super::{
     format_date, select_namespaces, short_id, source, state_note_names, write_stdout, ViewerError,
 };
 use crate::commands::{Format, ResultsArgs};
+use crate::lease::format_unix;
 use crate::reader::{CommitInfo, CommitState};
 
 /// Separator between table columns.
@@ -33,7 +38,7 @@ const AUTHOR_COLUMN: usize = 2;
 #[derive(Debug, Clone)]
 struct Row {
     commit: CommitInfo,
-    states: Vec<CommitState>,
+    states: Vec<ShownState>,
 }
 
 pub(super) async fn run(args: ResultsArgs) -> Result<ExitCode, ViewerError> {
@@ -47,12 +52,13 @@ pub(super) async fn run(args: ResultsArgs) -> Result<ExitCode, ViewerError> {
     let index = reader
         .index(&ids, &state_note_names(names.iter().map(String::as_str)))
         .await?;
+    let states = LockJudge::at_now(None)
+        .states(reader, &index, &ids, &names)
+        .await?;
     let rows: Vec<Row> = commits
         .into_iter()
-        .map(|commit| {
-            let states = names.iter().map(|ns| index.state(&commit.id, ns)).collect();
-            Row { commit, states }
-        })
+        .zip(states)
+        .map(|(commit, states)| Row { commit, states })
         .collect();
 
     let text = match args.format {
@@ -77,8 +83,9 @@ impl Cell {
         }
     }
 
-    fn state(state: CommitState) -> Cell {
-        let colour = match state {
+    fn state(state: &ShownState) -> Cell {
+        let colour = match state.state {
+            _ if state.stale.is_some() => "35",
             CommitState::Passed => "32",
             CommitState::Failed => "31",
             CommitState::Running => "33",
@@ -113,7 +120,7 @@ fn render_table(namespaces: &[String], rows: &[Row], style: Style) -> String {
             Cell::new(commit.subject.as_str()),
         ]
         .into_iter()
-        .chain(row.states.iter().map(|state| Cell::state(*state)))
+        .chain(row.states.iter().map(Cell::state))
         .collect()
     }));
 
@@ -204,8 +211,20 @@ struct JsonCommit<'a> {
     time: String,
     author: &'a str,
     subject: &'a str,
-    /// Namespace name to state name.
+    /// Namespace name to state name (`running` for a stale lock too).
     results: BTreeMap<&'a str, &'static str>,
+    /// Namespace name to its stale lock, for each namespace where the
+    /// commit has one: locked, no result, and the lease has ended.
+    stale: BTreeMap<&'a str, JsonStale>,
+}
+
+/// A lock whose holder is gone.
+#[derive(Serialize)]
+struct JsonStale {
+    /// When its lease ended, RFC 3339 in UTC.
+    lease_until: Option<String>,
+    /// `<host> pid <pid> id <instance id>`, when the note names it.
+    holder: Option<String>,
 }
 
 fn render_json(repository: &str, branch: &str, namespaces: &[String], rows: &[Row]) -> String {
@@ -222,7 +241,20 @@ fn render_json(repository: &str, branch: &str, namespaces: &[String], rows: &[Ro
             results: namespaces
                 .iter()
                 .map(String::as_str)
-                .zip(row.states.iter().map(|state| state.name()))
+                .zip(row.states.iter().map(|state| state.state.name()))
+                .collect(),
+            stale: namespaces
+                .iter()
+                .map(String::as_str)
+                .zip(&row.states)
+                .filter_map(|(ns, state)| {
+                    let stale = state.stale.as_ref()?;
+                    let entry = JsonStale {
+                        lease_until: stale.lease_until.map(format_unix),
+                        holder: stale.holder.as_ref().map(ToString::to_string),
+                    };
+                    Some((ns, entry))
+                })
                 .collect(),
         })
         .collect();
@@ -241,8 +273,10 @@ fn render_json(repository: &str, branch: &str, namespaces: &[String], rows: &[Ro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::Holder;
+    use crate::viewer::stale::StaleLock;
 
-    fn row(id: &str, time: i64, subject: &str, states: &[CommitState]) -> Row {
+    fn row(id: &str, time: i64, subject: &str, states: &[ShownState]) -> Row {
         Row {
             commit: CommitInfo {
                 id: id.to_owned(),
@@ -254,6 +288,22 @@ mod tests {
         }
     }
 
+    /// A lock whose lease ended at 2024-02-28T12:00:00Z.
+    fn stale() -> ShownState {
+        ShownState {
+            state: CommitState::Running,
+            stale: Some(StaleLock {
+                reason: "lease expired 2024-02-28T12:00:00Z".to_owned(),
+                holder: Some(Holder {
+                    host: "build1".to_owned(),
+                    pid: 42,
+                    id: "00112233aabbccdd".to_owned(),
+                }),
+                lease_until: Some(1_709_121_600),
+            }),
+        }
+    }
+
     fn sample() -> (Vec<String>, Vec<Row>) {
         let namespaces = vec!["icyci".to_owned(), "icyci-aarch64".to_owned()];
         let rows = vec![
@@ -261,13 +311,19 @@ mod tests {
                 "0123456789abcdef0123456789abcdef01234567",
                 1_709_287_200,
                 "a rather long subject that will not fit on a narrow terminal",
-                &[CommitState::Passed, CommitState::Running],
+                &[CommitState::Passed.into(), CommitState::Running.into()],
             ),
             row(
                 "fedcba9876543210fedcba9876543210fedcba98",
                 1_709_200_800,
                 "short \x1b[31m",
-                &[CommitState::Failed, CommitState::Untested],
+                &[CommitState::Failed.into(), CommitState::Untested.into()],
+            ),
+            row(
+                "89abcdef0123456789abcdef0123456789abcdef",
+                1_709_114_400,
+                "its tester died",
+                &[stale(), CommitState::Passed.into()],
             ),
         ];
         (namespaces, rows)
@@ -281,6 +337,7 @@ mod tests {
 commit      date              author    subject                                                       icyci   icyci-aarch64
 0123456789  2024-03-01 10:00  A U Thor  a rather long subject that will not fit on a narrow terminal  passed  running
 fedcba9876  2024-02-29 10:00  A U Thor  short ?[31m                                                   failed  untested
+89abcdef01  2024-02-28 10:00  A U Thor  its tester died                                               stale   passed
 ";
         assert_eq!(table, expected);
     }
@@ -301,6 +358,7 @@ fedcba9876  2024-02-29 10:00  A U Thor  short ?[31m                             
 commit      date              author    subject            icyci   icyci-aarch64
 0123456789  2024-03-01 10:00  A U Thor  a rather long su…  passed  running
 fedcba9876  2024-02-29 10:00  A U Thor  short ?[31m        failed  untested
+89abcdef01  2024-02-28 10:00  A U Thor  its tester died    stale   passed
 ";
         assert_eq!(plain, expected);
         assert_eq!(plain.lines().next().map(|l| l.chars().count()), Some(80));
@@ -308,6 +366,7 @@ fedcba9876  2024-02-29 10:00  A U Thor  short ?[31m        failed  untested
         assert!(table.contains("\x1b[31mfailed\x1b[0m"), "{table:?}");
         assert!(table.contains("\x1b[33mrunning\x1b[0m"), "{table:?}");
         assert!(table.contains("\x1b[2muntested\x1b[0m"), "{table:?}");
+        assert!(table.contains("\x1b[35mstale\x1b[0m"), "{table:?}");
     }
 
     #[test]
@@ -324,6 +383,20 @@ fedcba9876  2024-02-29 10:00  A U Thor  short ?[31m        failed  untested
         assert_eq!(first["results"]["icyci"], "passed");
         assert_eq!(first["results"]["icyci-aarch64"], "running");
         assert_eq!(value["commits"][1]["subject"], "short \x1b[31m");
+        // A stale lock: still `running` in `results`, explained in `stale`.
+        assert_eq!(first["stale"], serde_json::json!({}));
+        let third = &value["commits"][2];
+        assert_eq!(
+            third["results"],
+            serde_json::json!({"icyci": "running", "icyci-aarch64": "passed"})
+        );
+        assert_eq!(
+            third["stale"],
+            serde_json::json!({"icyci": {
+                "lease_until": "2024-02-28T12:00:00Z",
+                "holder": "build1 pid 42 id 00112233aabbccdd",
+            }})
+        );
     }
 
     #[test]

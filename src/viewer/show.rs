@@ -1,11 +1,14 @@
 //! `icyci show`: everything the namespaces recorded about one commit — the
 //! verdict, the script's stdout and stderr, and the list of extra notes —
 //! or one note written byte for byte to a file (`--note NAME --output FILE`).
+//! A lock without result whose lease has ended is shown as `stale`, with
+//! its holder, and what brings the commit to be tested again.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::stale::LockJudge;
 use super::{
     format_date, resolve_commit, select_namespaces, source, terminal, write_stdout, ResolvedCommit,
     ViewerError,
@@ -62,6 +65,7 @@ pub(super) async fn run(args: ShowArgs) -> Result<ExitCode, ViewerError> {
             commit: &commit,
             index: &index,
             repo: &args.repo,
+            judge: LockJudge::at_now(None),
         };
         let text = report.render(&namespaces, &noted).await?;
         terminal::page(&text)?;
@@ -135,6 +139,8 @@ struct Report<'a> {
     commit: &'a ResolvedCommit,
     index: &'a NoteIndex,
     repo: &'a RepoArgs,
+    /// Which locks are stale.
+    judge: LockJudge,
 }
 
 impl Report<'_> {
@@ -216,15 +222,31 @@ impl Report<'_> {
                 .blob(&ns.name, name)
                 .and_then(|blob| contents.get(blob))
         };
-        let state = self.index.state(found.commit, &ns.name);
+        let lock = note("locked");
+        let state = self.judge.judge(
+            self.index.state(found.commit, &ns.name),
+            lock.map(Vec::as_slice),
+        );
         out.extend_from_slice(format!("== {}: {} ==\n", ns.name, state.name()).as_bytes());
         for name in ["result.failed", "result.passed"] {
             if let Some(text) = note(name) {
                 push_text(out, text);
             }
         }
+        if let Some(stale) = &state.stale {
+            out.extend_from_slice(
+                format!(
+                    "stale lock: {}; no result\n\
+                     its holder is gone: an instance takes the commit over when it next finds it \
+                     as its branch tip; to remove the lock: {}\n",
+                    stale.describe(),
+                    self.retest_command(&ns.name)
+                )
+                .as_bytes(),
+            );
+        }
         if note("result.failed").is_none() && note("result.passed").is_none() {
-            if let Some(lock) = note("locked") {
+            if let Some(lock) = lock {
                 out.extend_from_slice(b"locked: ");
                 push_text(out, lock);
             }
@@ -275,6 +297,20 @@ impl Report<'_> {
         out.extend_from_slice(
             format!("write one to a file: {}\n", self.save_command(&ns.name)).as_bytes(),
         );
+    }
+
+    /// `icyci retest <id> --results-repo <--repo, else URL> --ns <ns>`.
+    fn retest_command(&self, ns: &str) -> String {
+        let repo = self
+            .repo
+            .repo
+            .as_deref()
+            .map_or_else(|| "URL".to_owned(), shell_quote);
+        format!(
+            "icyci retest {} --results-repo {repo} --ns {}",
+            self.commit.id,
+            shell_quote(ns)
+        )
     }
 
     /// `icyci show <id> [--repo …|--remote …] --ns <ns> --note NAME --output FILE`.

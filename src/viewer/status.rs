@@ -1,5 +1,10 @@
 //! `icyci status`: one commit's results as an exit status, for scripts
 //! (`icyci status HEAD && deploy`). Prints nothing.
+//!
+//! A stale lock (locked, no result, lease ended: its tester died) answers
+//! like a running one, 8: an instance takes the commit over when it next
+//! finds it as its branch tip, so the answer is still "ask again later";
+//! `icyci results` and `icyci show` tell the two apart.
 
 use std::process::ExitCode;
 
@@ -9,8 +14,8 @@ use crate::reader::CommitState;
 
 /// Exit status when the commit failed in a selected namespace.
 const FAILED_EXIT: u8 = 1;
-/// Exit status when it is still running or untested somewhere (and failed
-/// nowhere): ask again later.
+/// Exit status when it is still running (a stale lock too) or untested
+/// somewhere (and failed nowhere): ask again later.
 const PENDING_EXIT: u8 = 8;
 
 pub(super) async fn run(args: StatusArgs) -> Result<ExitCode, ViewerError> {

@@ -223,9 +223,14 @@ fn script_environment_has_pid_and_private_notes_dir() {
     assert_eq!(lines[0], format!("pid={}", daemon.pid()));
     let dir = lines[1].strip_prefix("dir=").expect("dir line");
     assert!(Path::new(dir).is_absolute(), "{dir}");
-    assert!(
-        Path::new(dir).starts_with(fx.env.tmp()),
-        "notes dir {dir} is not in the workspace under TMPDIR"
+    let state_dirs = fx.env.state_dirs();
+    assert_eq!(
+        state_dirs
+            .iter()
+            .map(|d| d.join("workspace"))
+            .collect::<Vec<_>>(),
+        [Path::new(dir).parent().expect("in the workspace")],
+        "notes dir {dir} is not in the workspace in the state directory"
     );
     assert_eq!(lines[2], "mode=700 type=directory");
     assert_eq!(lines[3], "wrote");
@@ -737,17 +742,14 @@ fn workspace_is_removed_after_once() {
     let checkout = fx.note_text("output.stdout", &commit).expect("stdout note");
     let checkout = Path::new(checkout.trim());
     let workspace = checkout.parent().expect("the checkout is in the workspace");
+    let state_dirs = fx.env.state_dirs();
+    assert_eq!(state_dirs.len(), 1, "one state directory: {state_dirs:?}");
     assert_eq!(
-        workspace.parent(),
-        Some(fx.env.tmp().as_path()),
-        "checkout {} not in a workspace under TMPDIR",
+        workspace,
+        state_dirs[0].join("workspace"),
+        "checkout {} not in the workspace in the state directory",
         checkout.display()
     );
-    assert!(workspace
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .starts_with("icyci-workspace"));
     assert!(!workspace.exists(), "{} still exists", workspace.display());
     assert!(fx.env.daemon_dirs().is_empty());
 }

@@ -263,11 +263,14 @@ fn notes_read_with_git_log_show_notes_like_the_originals() {
 // ---- helpers ----
 
 /// Starts a daemon polling every 100 ms with `INSTANCE=<name>` in its (and its script's)
-/// environment.
+/// environment, and a state directory of its own: two instances of one job on one host share
+/// none.
 fn spawn_instance(s: &Setup, name: &str, extra: &[&str]) -> Daemon {
     let mut cmd = s.env.icyci();
     cmd.args(s.args(extra))
         .arg("-poll-interval=100ms")
+        .arg("-state-dir")
+        .arg(s.env.state_dir(name))
         .env("INSTANCE", name);
     s.env.spawn_logged(cmd, &format!("icyci-{name}"))
 }

@@ -98,8 +98,15 @@ fn the_lease_is_renewed_while_the_script_runs_and_not_taken_over() {
             .is_some_and(|text| lease_until(&text) > start)
     });
 
-    // A second instance meanwhile leaves the live lock alone.
-    let (status, second) = fx.once(&["-lock-lease", "2s"]);
+    // A second instance (with a state directory of its own) meanwhile leaves the live lock
+    // alone.
+    let second_state = fx.env.state_dir("second");
+    let (status, second) = fx.once(&[
+        "-lock-lease",
+        "2s",
+        "-state-dir",
+        &second_state.to_string_lossy(),
+    ]);
     assert_eq!(status.code(), Some(3), "{}", second.logs_for_humans());
     assert!(
         !second.stderr().contains("taking over"),
@@ -177,7 +184,18 @@ fn three_instances_race_for_a_stale_lock_and_one_wins() {
     let (commit, runs) = counting_script(&fx, "1");
     hand_made_lock(&fx, &commit, &leased_lock(now() - 10));
 
-    let mut daemons: Vec<_> = (0..3).map(|_| fx.spawn(&["-once"])).collect();
+    let states: Vec<String> = (0..3)
+        .map(|i| {
+            fx.env
+                .state_dir(&i.to_string())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut daemons: Vec<_> = states
+        .iter()
+        .map(|state| fx.spawn(&["-once", "-state-dir", state]))
+        .collect();
     let mut codes: Vec<_> = daemons
         .iter_mut()
         .map(|d| d.expect_exit(LONG).code())

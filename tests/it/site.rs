@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::common::{require_tool, wait_for, Daemon, TestEnv};
 use crate::cycle::Fixture;
+use crate::viewer::{LeaseResults, ORIGINAL_LOCK};
 
 /// Generous deadline for anything the daemon does (the machine is shared with other tests).
 const LONG: Duration = Duration::from_secs(30);
@@ -710,5 +711,178 @@ fn chromium_renders_the_index() {
         png.len() > 10_000,
         "a blank screenshot? {} bytes",
         png.len()
+    );
+}
+
+/// A lock whose lease has ended, with no result, is `stale` on every page that shows it: the
+/// index cell, the commit page (with holder and what to do), the tip's badge; a live lease and
+/// a lock of the original icyCI stay `running`, a result wins over an ended lease. A rebuild
+/// keeps the stale pages as they are.
+#[test]
+fn stale_locks_are_shown_as_stale() {
+    let r = LeaseResults::build();
+    let out = r.env.path("site");
+    let build = |extra: &[&str]| {
+        let mut cmd = r.env.icyci();
+        cmd.arg("site")
+            .arg("--repo")
+            .arg(&r.repo)
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        let output = cmd.output().expect("run icyci site");
+        assert!(
+            output.status.success(),
+            "icyci site failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let summary = build(&[]);
+    assert!(summary.contains("4 commit pages rendered"), "{summary}");
+    check_links(&out);
+
+    let index = read(&out, "index.html");
+    let stale_row = index_row(&index, &r.stale);
+    assert!(
+        stale_row.contains(&format!(
+            "<td class=\"state stale\" title=\"stale lock: lease expired 2020-01-01T00:00:00Z, \
+             holder deadhost pid 4242 id 00112233aabbccdd\"><a href=\"commit/{}.html#ns-icyci\">\
+             <span aria-hidden=\"true\">◌</span> stale</a></td>",
+            r.stale
+        )),
+        "{stale_row}"
+    );
+    for running in [&r.live, &r.original] {
+        let row = index_row(&index, running);
+        assert!(
+            row.contains("<td class=\"state running\">") && row.contains("running</a></td>"),
+            "{row}"
+        );
+        assert!(!row.contains("stale"), "{row}");
+    }
+    let passed_row = index_row(&index, &r.passed);
+    assert!(passed_row.contains("passed</a></td>"), "{passed_row}");
+    assert!(!passed_row.contains("stale"), "{passed_row}");
+
+    let page = read(&out, &format!("commit/{}.html", r.stale));
+    assert!(
+        page.contains(
+            "<h2>icyci <span class=\"state stale\"><span aria-hidden=\"true\">◌</span> stale\
+             </span></h2>"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(
+            "<p class=\"stale\"><strong>Stale lock:</strong> lease expired 2020-01-01T00:00:00Z, \
+             holder deadhost pid 4242 id 00112233aabbccdd; no result. Its holder is gone: an \
+             instance takes the commit over when it next finds it as its branch tip, and \
+             <code>icyci retest {} --results-repo <var>URL</var> --ns icyci</code> removes the \
+             lock.</p>",
+            r.stale
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains("<p class=\"lock\">Lock: 2019-12-31"),
+        "{page}"
+    );
+    for other in [&r.live, &r.original, &r.passed] {
+        let page = read(&out, &format!("commit/{other}.html"));
+        assert!(!page.contains("Stale lock"), "{page}");
+        assert!(!page.contains("state stale"), "{page}");
+    }
+
+    // The tip is the stale commit.
+    let badge = read(&out, "badge/icyci.svg");
+    assert!(badge.contains(">stale</text>"), "{badge}");
+    assert!(index.contains("alt=\"icyci: stale\""), "{index}");
+    assert!(read(&out, "style.css").contains(".state.stale {"));
+    // A stale lock is no result: the feed has the passed commit only.
+    let feed = read(&out, "feed.atom");
+    assert_eq!(feed.matches("<entry>").count(), 1, "{feed}");
+
+    // Still stale on the next build: nothing is rendered or written again.
+    let summary = build(&[]);
+    assert!(
+        summary.contains("0 commit pages rendered, 4 unchanged; 0 files written, 0 removed"),
+        "{summary}"
+    );
+}
+
+/// A daemon's `-site-dir` knows when its daemon takes over a lock without a lease
+/// (`-stale-lock-after`): an original icyCI's lock that old is stale on its site — also on a
+/// page first rendered as running from the same notes.
+#[test]
+fn a_daemon_site_applies_its_stale_lock_after() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let site = fx.env.path("site");
+    // An old commit locked by the original icyCI in 2019 and never finished.
+    let locked = fx.script_commit("echo ok\n");
+    fx.env.push(&fx.work, &fx.results, &["main"]);
+    fx.env.git(
+        &fx.results,
+        [
+            "notes",
+            "--ref=refs/notes/icyci.locked",
+            "add",
+            "-m",
+            ORIGINAL_LOCK,
+            &locked,
+        ],
+    );
+    let lock_cell = |site: &Path| {
+        let index = read(site, "index.html");
+        let row = index_row(&index, &locked).to_owned();
+        let page = read(site, &format!("commit/{locked}.html"));
+        (row, page)
+    };
+
+    // Without -stale-lock-after nobody would take it over: running.
+    let first = fx.signed_commit("first tested commit");
+    let site_arg = format!("-site-dir={}", site.display());
+    let (status, daemon) = fx.once(&[&site_arg]);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    assert!(fx.note("result.passed", &first).is_some());
+    let (row, page) = lock_cell(&site);
+    assert!(row.contains("<td class=\"state running\">"), "{row}");
+    assert!(!page.contains("Stale lock"), "{page}");
+
+    // With it, the daemon would take such a lock over: stale, and the page is rendered again
+    // although its notes did not change.
+    let second = fx.signed_commit("second tested commit");
+    let (status, daemon) = fx.once(&[&site_arg, "-stale-lock-after=1h"]);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    assert!(fx.note("result.passed", &second).is_some());
+    let (row, page) = lock_cell(&site);
+    assert!(row.contains("<td class=\"state stale\""), "{row}");
+    assert!(
+        page.contains(
+            "<strong>Stale lock:</strong> lock without a lease taken 2019-12-31T23:00:00Z; \
+             no result."
+        ),
+        "{page}"
+    );
+    // `icyci site` knows no such threshold: running.
+    let out = fx.env.path("site-2");
+    let mut cmd = fx.env.icyci();
+    cmd.arg("site")
+        .arg("--repo")
+        .arg(&fx.results)
+        .arg("--out")
+        .arg(&out);
+    let output = cmd.output().expect("run icyci site");
+    assert!(output.status.success(), "{output:?}");
+    let (row, _) = lock_cell(&out);
+    assert!(row.contains("<td class=\"state running\">"), "{row}");
+    // The lock itself was left alone: it is not the tip.
+    assert_eq!(
+        fx.note_text("locked", &locked).as_deref(),
+        Some(ORIGINAL_LOCK)
     );
 }

@@ -29,7 +29,7 @@ fn setup() -> Setup {
     let work = env.work_repo("work");
     let source = env.bare_repo("src.git");
     let results = env.bare_repo("results.git");
-    let state = env.path("state");
+    let state = env.state_dir("spool");
     let script = env.path("bin/gated.sh");
     let started = env.path("gate-started");
     let released = env.path("gate-released");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use crate::common::{free_port, require_tool, write_script, GitDaemon, TestEnv};
+use crate::common::{free_port, require_tool, write_script, GitDaemon, Sign, TestEnv};
 use crate::cycle::Fixture;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -791,4 +791,192 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// 2020-01-01T00:00:00Z: a lease that ended long ago.
+pub const LONG_AGO: i64 = 1_577_836_800;
+/// 2100-01-01T00:00:00Z: a lease that ends long after any test.
+pub const FAR_AHEAD: i64 = 4_102_444_800;
+
+/// A lock note as the daemon writes it since issue 4, its lease ending at `lease_until`.
+pub fn leased_lock(lease_until: i64, until_text: &str) -> String {
+    format!(
+        "2019-12-31 23:00:00.000000000 +0000: this commit is being tested by icyCI\n\
+         holder: deadhost pid 4242 id 00112233aabbccdd\n\
+         lease-until: {lease_until} ({until_text})\n"
+    )
+}
+
+/// A lock note as the original icyCI writes it: no holder, no lease.
+pub const ORIGINAL_LOCK: &str =
+    "2019-12-31 23:00:00.5 +0000 UTC: this commit is being tested by icyCI\n";
+
+/// A results repository (no daemon, no keys: notes added with git) with four commits on
+/// `main`, all locked in namespace `icyci`:
+///
+/// | commit | lock | result | shown |
+/// |---|---|---|---|
+/// | `passed` (2024-04-01 10:00) | lease ended | passed | passed |
+/// | `live` (2024-04-02 10:00) | lease until 2100 | none | running |
+/// | `original` (2024-04-03 10:00) | the original's, no lease | none | running |
+/// | `stale` (2024-04-04 10:00, the tip) | lease ended | none | stale |
+pub struct LeaseResults {
+    pub env: TestEnv,
+    pub repo: PathBuf,
+    pub passed: String,
+    pub live: String,
+    pub original: String,
+    pub stale: String,
+}
+
+impl LeaseResults {
+    pub fn build() -> LeaseResults {
+        let env = TestEnv::new();
+        let repo = env.work_repo("results");
+        let commit = |date: &str, subject: &str, lock: &str| {
+            set_date(&env, date);
+            let id = env.commit(&repo, subject, Sign::None);
+            env.git(
+                &repo,
+                [
+                    "notes",
+                    "--ref=refs/notes/icyci.locked",
+                    "add",
+                    "-m",
+                    lock,
+                    &id,
+                ],
+            );
+            id
+        };
+        let expired = leased_lock(LONG_AGO, "2020-01-01T00:00:00Z");
+        let passed = commit("2024-04-01T10:00:00Z", "passed after all", &expired);
+        let live = commit(
+            "2024-04-02T10:00:00Z",
+            "being tested",
+            &leased_lock(FAR_AHEAD, "2100-01-01T00:00:00Z"),
+        );
+        let original = commit("2024-04-03T10:00:00Z", "locked by icyCI", ORIGINAL_LOCK);
+        let stale = commit("2024-04-04T10:00:00Z", "its tester died", &expired);
+        env.git(
+            &repo,
+            [
+                "notes",
+                "--ref=refs/notes/icyci.result.passed",
+                "add",
+                "-m",
+                "test.sh completed successfully",
+                &passed,
+            ],
+        );
+        env.remove_var("GIT_AUTHOR_DATE");
+        env.remove_var("GIT_COMMITTER_DATE");
+        LeaseResults {
+            env,
+            repo,
+            passed,
+            live,
+            original,
+            stale,
+        }
+    }
+
+    pub fn repo_arg(&self) -> String {
+        self.repo.to_string_lossy().into_owned()
+    }
+
+    /// `icyci <args…> --repo <results>`.
+    fn icyci(&self, args: &[&str]) -> Output {
+        let repo = self.repo_arg();
+        let mut all = args.to_vec();
+        all.extend(["--repo", &repo]);
+        icyci(&self.env, self.env.root(), &all)
+    }
+}
+
+#[test]
+fn stale_locks_are_told_apart_from_running_ones() {
+    let r = LeaseResults::build();
+    let short = |id: &str| id[..10].to_owned();
+
+    let table = success(&r.icyci(&["results"]));
+    let expected = format!(
+        "\
+commit      date              author      subject           icyci
+{}  2024-04-04 10:00  icyci test  its tester died   stale
+{}  2024-04-03 10:00  icyci test  locked by icyCI   running
+{}  2024-04-02 10:00  icyci test  being tested      running
+{}  2024-04-01 10:00  icyci test  passed after all  passed
+",
+        short(&r.stale),
+        short(&r.original),
+        short(&r.live),
+        short(&r.passed)
+    );
+    assert_eq!(table, expected);
+
+    // JSON: the state keeps its old value, a new field says the lock is stale.
+    let text = success(&r.icyci(&["results", "--format", "json"]));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("one JSON document");
+    let commits = json["commits"].as_array().expect("commits array");
+    let expected = [
+        (&r.stale, "running", true),
+        (&r.original, "running", false),
+        (&r.live, "running", false),
+        (&r.passed, "passed", false),
+    ];
+    assert_eq!(commits.len(), expected.len());
+    for (commit, (id, state, stale)) in commits.iter().zip(expected) {
+        assert_eq!(commit["id"], id.as_str());
+        assert_eq!(commit["results"], serde_json::json!({ "icyci": state }));
+        let explained = if stale {
+            serde_json::json!({"icyci": {
+                "lease_until": "2020-01-01T00:00:00Z",
+                "holder": "deadhost pid 4242 id 00112233aabbccdd",
+            }})
+        } else {
+            serde_json::json!({})
+        };
+        assert_eq!(commit["stale"], explained, "{}", commit["subject"]);
+    }
+
+    // show: the stale lock, its holder and what to do.
+    let text = success(&r.icyci(&["show", &r.stale]));
+    let expected = format!(
+        "\n    its tester died\n\
+         \n== icyci: stale ==\n\
+         stale lock: lease expired 2020-01-01T00:00:00Z, holder deadhost pid 4242 id \
+         00112233aabbccdd; no result\n\
+         its holder is gone: an instance takes the commit over when it next finds it as its \
+         branch tip; to remove the lock: icyci retest {id} --results-repo {repo} --ns icyci\n\
+         locked: {lock}",
+        id = r.stale,
+        repo = r.repo_arg(),
+        lock = leased_lock(LONG_AGO, "2020-01-01T00:00:00Z"),
+    );
+    assert!(text.ends_with(&expected), "{text}");
+    let text = success(&r.icyci(&["show", &r.live]));
+    assert!(
+        text.ends_with(&format!(
+            "\n== icyci: running ==\nlocked: {}",
+            leased_lock(FAR_AHEAD, "2100-01-01T00:00:00Z")
+        )),
+        "{text}"
+    );
+    let text = success(&r.icyci(&["show", &r.original]));
+    assert!(
+        text.ends_with(&format!("\n== icyci: running ==\nlocked: {ORIGINAL_LOCK}")),
+        "{text}"
+    );
+    let text = success(&r.icyci(&["show", &r.passed]));
+    assert!(
+        text.ends_with("\n== icyci: passed ==\ntest.sh completed successfully\n"),
+        "{text}"
+    );
+
+    // status: a stale lock is still "ask again later", and status stays silent.
+    for commit in [&r.stale, &r.live, &r.original] {
+        assert_eq!(status_code(&r.icyci(&["status", commit])), Some(8));
+    }
+    assert_eq!(status_code(&r.icyci(&["status", &r.passed])), Some(0));
 }

@@ -16,7 +16,7 @@ mod gpg;
 mod repo;
 mod servers;
 
-pub use daemon::{descendants, process_alive, Daemon};
+pub use daemon::{descendants, parent_pid, process_alive, Daemon};
 pub use repo::{Sign, TagKind};
 pub use servers::{free_port, GitDaemon, Sshd};
 
@@ -52,7 +52,8 @@ pub const KEEP_ENV_VAR: &str = "ICYCI_IT_KEEP";
 /// - `home/`: `HOME`, with the global git configuration `home/.gitconfig` and, once
 ///   [`TestEnv::ssh_key`] was called, `home/allowed_signers`;
 /// - `gnupg/`: `GNUPGHOME` (mode 0700);
-/// - `tmp/`: `TMPDIR`, so a test can check the daemon removed its `icyci-workspace*`;
+/// - `tmp/`: `TMPDIR`, so a test can check the daemon leaves nothing there;
+/// - `states/`: state directories given with `-state-dir` ([`TestEnv::state_dir`]);
 /// - `logs/`: stdout and stderr of processes started with [`TestEnv::spawn_icyci`] and of the
 ///   servers.
 ///
@@ -139,15 +140,54 @@ impl TestEnv {
         self.path("home/.gitconfig")
     }
 
-    /// Entries of `TMPDIR` whose name starts with `icyci-workspace`, sorted.
-    pub fn workspaces(&self) -> Vec<PathBuf> {
-        self.tmp_entries("icyci-workspace")
+    /// A state directory for `-state-dir`, `<root>/states/<name>` (not created); the helpers
+    /// below look there as well as in the default place.
+    pub fn state_dir(&self, name: &str) -> PathBuf {
+        self.path("states").join(name)
     }
 
-    /// Everything a daemon leaves in `TMPDIR` until it exits: its workspaces and its private
-    /// directories (`icyci-private*`), sorted.
+    /// Every state directory of a daemon started through this environment: those in the
+    /// default place (`$HOME/.local/state/icyci/<job>`) and those made by
+    /// [`TestEnv::state_dir`], sorted.
+    pub fn state_dirs(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for parent in [self.path("home/.local/state/icyci"), self.path("states")] {
+            if let Ok(entries) = fs::read_dir(&parent) {
+                found.extend(entries.map(|e| e.expect("read a state directory entry").path()));
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// The workspaces (`workspace/` of a state directory) that exist now, sorted.
+    pub fn workspaces(&self) -> Vec<PathBuf> {
+        self.state_dirs()
+            .into_iter()
+            .map(|dir| dir.join("workspace"))
+            .filter(|dir| fs::symlink_metadata(dir).is_ok())
+            .collect()
+    }
+
+    /// Everything a daemon keeps until it exits, sorted: in its state directory, its workspace
+    /// and its private directory (`private-*`); and anything named `icyci-*` in `TMPDIR`,
+    /// where no daemon should leave anything.
     pub fn daemon_dirs(&self) -> Vec<PathBuf> {
-        self.tmp_entries("icyci-")
+        let mut found = self.tmp_entries("icyci-");
+        for dir in self.state_dirs() {
+            found.extend(
+                fs::read_dir(&dir)
+                    .expect("read a state directory")
+                    .map(|e| e.expect("read a state directory entry"))
+                    .filter(|e| {
+                        let name = e.file_name();
+                        name == "workspace" || name.to_string_lossy().starts_with("private-")
+                    })
+                    .map(|e| e.path()),
+            );
+        }
+        found.sort();
+        found
     }
 
     fn tmp_entries(&self, prefix: &str) -> Vec<PathBuf> {
