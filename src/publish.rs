@@ -68,19 +68,24 @@ impl Publication {
         push_tag: bool,
         passed: bool,
     ) -> Result<Self, GitError> {
+        let push_tag = push_tag && tip.tag.is_some();
+        if !store.synced() {
+            // Nothing fetched yet (results found in the spool at start, the
+            // results repository perhaps away): keep the blobs now, add the
+            // notes once the first push round has fetched the namespace.
+            let mut publication = Self::stage_without_commit(store, tip, notes, passed).await?;
+            publication.annotate_missing = false;
+            publication.branch = branch;
+            publication.push_tag = push_tag;
+            return Ok(publication);
+        }
         let names: Vec<String> = notes.iter().map(|n| n.name.clone()).collect();
         let contents: Vec<(String, NoteContent)> = notes
             .into_iter()
             .map(|n| (n.name, NoteContent::File(n.file)))
             .collect();
-        if !store.synced() {
-            // Nothing fetched yet (results delivered at start): build on
-            // the remote's refs rather than have the first push refused.
-            store.sync().await?;
-        }
         let generation = store.generation();
         let blobs = store.write_notes(&tip.commit, &contents).await?;
-        let push_tag = push_tag && tip.tag.is_some();
         Ok(Publication {
             tip,
             notes: names.into_iter().zip(blobs).collect(),
@@ -150,7 +155,7 @@ pub async fn publish(
     // Push first: the notes were written on the local refs, which are the
     // remote's unless another instance pushed meanwhile. Only a refusal
     // (or a failure) costs a fetch.
-    let mut needs_sync = false;
+    let mut needs_sync = !store.synced();
     let mut notes_pushed = false;
     let mut round: u32 = 0;
     let mut refusals: u32 = 0;
