@@ -1,6 +1,3 @@
-//! Benchmarks that print figures (never timed tests: this machine is shared
-//! and noisy, so read medians and ratios).
-//!
 //! `icyci-bench viewer [--commits N] [--runs R]` builds a results repository
 //! with N noted commits in two namespaces (git fast-import, in a temp dir)
 //! and times `icyci results -n 50`, a full `icyci site` build, and an
@@ -9,31 +6,15 @@
 //! cost grows with the history.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-const NAMESPACES: [&str; 2] = ["icyci-aarch64", "icyci-x86-64"];
+use crate::common::{fast_import, git, ms, ratio, sibling_binary};
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("viewer") => viewer(&args[1..]),
-        _ => {
-            eprintln!("usage: icyci-bench viewer [--commits N] [--runs R] [--quick]");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("icyci-bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
+const NAMESPACES: [&str; 2] = ["icyci-aarch64", "icyci-x86-64"];
 
 struct Options {
     commits: usize,
@@ -67,7 +48,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
     Ok(options)
 }
 
-fn viewer(args: &[String]) -> Result<()> {
+pub fn viewer(args: &[String]) -> Result<()> {
     let options = parse_options(args)?;
     let icyci = sibling_binary("icyci")?;
     let dir = tempfile::Builder::new().prefix("icyci-bench").tempdir()?;
@@ -168,14 +149,6 @@ fn median(runs: usize, mut one: impl FnMut() -> Result<Duration>) -> Result<Dura
 fn median_of(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-fn ratio(large: Duration, small: Duration) -> f64 {
-    large.as_secs_f64() / small.as_secs_f64().max(1e-9)
 }
 
 /// A bare repository with `count` commits on `main`, each locked and
@@ -284,44 +257,4 @@ fn add_noted_commit(repo: &Path, run: usize) -> Result<()> {
         }
     }
     fast_import(repo, &stream)
-}
-
-fn fast_import(repo: &Path, stream: &[u8]) -> Result<()> {
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["fast-import", "--quiet", "--force"])
-        .stdin(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(stream)?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("git fast-import failed ({status})");
-    }
-    Ok(())
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let output = Command::new("git").arg("-C").arg(dir).args(args).output()?;
-    if !output.status.success() {
-        bail!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-/// The `icyci` binary built beside this one.
-fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found; build it first (cargo build --release)",
-            path.display()
-        );
-    }
-    Ok(path)
 }
