@@ -406,6 +406,43 @@ impl Job {
     async fn clone_source(&mut self, delay: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(delay).await;
         self.checked_out = false;
+        // The notes repository is made, and the namespace fetched, while
+        // the source is cloned: both can take seconds on big repositories.
+        let store = self.store.clone();
+        let url = self.config.results.as_git_arg().to_owned();
+        let notes_setup = async move {
+            store.prepare(&url).await?;
+            if let Err(err) = store.sync().await {
+                // The first lock fetches it again; the clone goes on.
+                warn!("results repository not fetched yet: {err}");
+            }
+            Ok::<(), NotesError>(())
+        };
+        let (source, notes) = tokio::join!(self.clone_or_reuse(), notes_setup);
+        source?;
+        notes?;
+        self.store
+            .borrow_objects(&self.workspace.source_dir().join(".git").join("objects"))?;
+        // Only a clone with this marker is reused after a crash.
+        self.workspace.mark_clone_complete(&self.config)?;
+        self.load_spool().await?;
+
+        if let Some(step) = self.owned_work() {
+            return Ok(step);
+        }
+        if !self.backlog.is_empty() {
+            // Delivered first, by the poll.
+            return Ok(Step::Poll {
+                wait: Duration::ZERO,
+            });
+        }
+        let tip = self.source_tip().await?;
+        Ok(Step::Verify { tip, tags: true })
+    }
+
+    /// The clone of the source: a leftover one brought up to date, or a
+    /// fresh one with the remote `results` added, and a committer identity.
+    async fn clone_or_reuse(&mut self) -> Result<(), StepError> {
         if !self.reuse_leftover_clone().await? {
             let target = self.workspace.source_dir();
             // A failed attempt may leave a partial clone behind. Unmarked
@@ -437,27 +474,7 @@ impl Job {
                 .await?;
         }
         self.source.ensure_committer_identity().await?;
-        self.store
-            .prepare(
-                self.config.results.as_git_arg(),
-                &self.workspace.source_dir().join(".git").join("objects"),
-            )
-            .await?;
-        // Only a clone with this marker is reused after a crash.
-        self.workspace.mark_clone_complete(&self.config)?;
-        self.load_spool().await?;
-
-        if let Some(step) = self.owned_work() {
-            return Ok(step);
-        }
-        if !self.backlog.is_empty() {
-            // Delivered first, by the poll.
-            return Ok(Step::Poll {
-                wait: Duration::ZERO,
-            });
-        }
-        let tip = self.source_tip().await?;
-        Ok(Step::Verify { tip, tags: true })
+        Ok(())
     }
 
     /// Brings a completed clone left by a killed instance up to date with

@@ -163,9 +163,10 @@ impl NotesStore {
     }
 
     /// Makes the store's repository afresh: a bare repository with the
-    /// remote `results` at `url`, borrowing the objects of the clone whose
-    /// object directory is `source_objects`.
-    pub async fn prepare(&self, url: &str, source_objects: &Path) -> Result<(), NotesError> {
+    /// remote `results` at `url`. It needs the clone's objects too (see
+    /// [`NotesStore::borrow_objects`]), but not to fetch the namespace, so
+    /// that it can be made, and fetched, while the source is cloned.
+    pub async fn prepare(&self, url: &str) -> Result<(), NotesError> {
         let dir = self.git.dir().to_owned();
         tokio::task::spawn_blocking({
             let dir = dir.clone();
@@ -186,15 +187,21 @@ impl NotesStore {
             .positional([RESULTS_REMOTE, url])
             .run()
             .await?;
-        let alternates = dir.join("objects").join("info").join("alternates");
-        let mut line = source_objects.as_os_str().as_encoded_bytes().to_vec();
-        line.push(b'\n');
-        std::fs::write(&alternates, line)?;
         let committer = self.git.committer_identity().await?;
         *self.view() = LocalView {
             committer: Some(committer),
             ..LocalView::default()
         };
+        Ok(())
+    }
+
+    /// Lets the repository read the objects of the clone whose object
+    /// directory is `source_objects`, to annotate and push its commits.
+    pub fn borrow_objects(&self, source_objects: &Path) -> Result<(), NotesError> {
+        let alternates = self.git.dir().join("objects").join("info").join("alternates");
+        let mut line = source_objects.as_os_str().as_encoded_bytes().to_vec();
+        line.push(b'\n');
+        std::fs::write(&alternates, line)?;
         Ok(())
     }
 
