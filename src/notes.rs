@@ -198,7 +198,12 @@ impl NotesStore {
     /// Lets the repository read the objects of the clone whose object
     /// directory is `source_objects`, to annotate and push its commits.
     pub fn borrow_objects(&self, source_objects: &Path) -> Result<(), NotesError> {
-        let alternates = self.git.dir().join("objects").join("info").join("alternates");
+        let alternates = self
+            .git
+            .dir()
+            .join("objects")
+            .join("info")
+            .join("alternates");
         let mut line = source_objects.as_os_str().as_encoded_bytes().to_vec();
         line.push(b'\n');
         std::fs::write(&alternates, line)?;

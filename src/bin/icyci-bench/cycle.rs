@@ -566,6 +566,8 @@ pub struct Idle {
     pub polls: usize,
     pub cpu: Duration,
     pub fetch_cpu: Duration,
+    /// The `rev-parse` after each fetch, as icyCI polls.
+    pub rev_parse_cpu: Duration,
     pub fetch_polls: usize,
     pub ls_remote_cpu: Duration,
     pub ls_remote_polls: usize,
@@ -603,9 +605,13 @@ fn idle(ctx: &Ctx, pair: &Pair) -> Result<Idle> {
     let mut polls = 0;
     let mut last_growth: Option<Instant> = None;
     let mut size = calls_before;
-    let (fetch_cpu, fetch_polls, seconds) = poll_with_git(
+    // As icyCI polls: a fetch, then a rev-parse of the fetched branch.
+    let (fetch_cpus, fetch_polls, seconds) = poll_with_git(
         &clone,
-        &["fetch", "-q", "origin"],
+        &[
+            &["fetch", "-q", "origin"],
+            &["rev-parse", "--verify", "refs/remotes/origin/main^{commit}"],
+        ],
         window,
         &mut daemon,
         |now| {
@@ -623,9 +629,9 @@ fn idle(ctx: &Ctx, pair: &Pair) -> Result<Idle> {
     )?;
     let cpu = daemon.cpu()?.saturating_sub(cpu_before);
     let calls = calls_between(&wrapper.log, calls_before, size)?;
-    let (ls_remote_cpu, ls_remote_polls, _) = poll_with_git(
+    let (ls_remote_cpus, ls_remote_polls, _) = poll_with_git(
         &clone,
-        &["ls-remote", "origin", "refs/heads/main"],
+        &[&["ls-remote", "origin", "refs/heads/main"]],
         window,
         &mut daemon,
         |_| {},
@@ -636,24 +642,25 @@ fn idle(ctx: &Ctx, pair: &Pair) -> Result<Idle> {
         calls,
         polls,
         cpu,
-        fetch_cpu,
+        fetch_cpu: fetch_cpus[0],
+        rev_parse_cpu: fetch_cpus[1],
         fetch_polls,
-        ls_remote_cpu,
+        ls_remote_cpu: ls_remote_cpus[0],
         ls_remote_polls,
     })
 }
 
-/// Runs `git args` in `clone` once a second for `window`, calling `each`
-/// every 10 ms; the CPU of those git processes, their count and the
-/// window's length in seconds.
+/// Runs the git `commands` in `clone`, one after another, once a second for
+/// `window`, calling `each` every 10 ms; the CPU of each command's
+/// processes, the number of polls and the window's length in seconds.
 fn poll_with_git(
     clone: &Path,
-    args: &[&str],
+    commands: &[&[&str]],
     window: Duration,
     daemon: &mut Daemon,
     mut each: impl FnMut(Instant),
-) -> Result<(Duration, usize, f64)> {
-    let cpu_before = own_children_cpu()?;
+) -> Result<(Vec<Duration>, usize, f64)> {
+    let mut cpus = vec![Duration::ZERO; commands.len()];
     let started = Instant::now();
     let mut next = started;
     let mut polls = 0;
@@ -663,7 +670,11 @@ fn poll_with_git(
             break;
         }
         if now >= next {
-            git(clone, args)?;
+            for (args, cpu) in commands.iter().zip(&mut cpus) {
+                let before = own_children_cpu()?;
+                git(clone, args)?;
+                *cpu += own_children_cpu()?.saturating_sub(before);
+            }
             polls += 1;
             next += Duration::from_secs(1);
         }
@@ -673,11 +684,7 @@ fn poll_with_git(
         std::thread::sleep(Duration::from_millis(10));
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok((
-        own_children_cpu()?.saturating_sub(cpu_before),
-        polls,
-        seconds,
-    ))
+    Ok((cpus, polls, seconds))
 }
 
 pub struct Contention {
@@ -807,6 +814,8 @@ pub struct Scale {
     pub build: Duration,
     pub first_result: Duration,
     pub samples: Vec<Duration>,
+    /// The plain-git floor on the same repositories.
+    pub floor: floor::Floor,
 }
 
 fn scale(ctx: &Ctx) -> Result<Scale> {
@@ -844,11 +853,27 @@ fn scale(ctx: &Ctx) -> Result<Scale> {
         )?);
     }
     daemon.stop();
+    // The same cycle by plain git on the same repositories: what git
+    // itself costs at this size (the results' side checks whole notes
+    // trees on every push).
+    progress("scale: the plain-git floor on the same repositories");
+    let mut floor = floor::FloorBench::on_pair(
+        &ctx.world,
+        &ctx.script,
+        pair,
+        "scale-floor",
+        NS,
+        options.scale_cycles,
+    )?;
+    for _ in 0..options.scale_cycles {
+        floor.round()?;
+    }
     Ok(Scale {
         commits: options.scale_commits,
         notes: options.scale_notes,
         build,
         first_result,
         samples,
+        floor: floor.finish(),
     })
 }

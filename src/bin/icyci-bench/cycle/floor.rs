@@ -18,7 +18,8 @@ use super::world::{Pair, World};
 use crate::common::{check_interrupted, git};
 
 /// The floor's notes namespace.
-const NS: &str = "floor";
+/// The floor's namespace on its own repositories.
+const FLOOR_NS: &str = "floor";
 /// The notes pushed with the results, as the daemon writes them.
 const NOTES: [&str; 4] = [
     "output.stdout",
@@ -57,6 +58,8 @@ struct Runner<'a> {
     script: &'a Path,
     processes: usize,
     note_refs_exist: bool,
+    /// The notes namespace it writes.
+    ns: &'static str,
 }
 
 /// The floor's own repositories (of the same shape as the daemon's), its
@@ -75,24 +78,52 @@ impl<'a> FloorBench<'a> {
     /// Builds the repositories with `history` commits, clones them, runs one
     /// untimed cycle on the tip and prepares the commits of `rounds` rounds.
     pub fn new(world: &World, script: &'a Path, history: usize, rounds: usize) -> Result<Self> {
-        let mut pair = world.pair("floor", history, 0)?;
-        let clone = world.path("floor-clone");
-        let work = world.path("floor-work");
+        let pair = world.pair("floor", history, 0)?;
+        Self::on_pair(world, script, pair, "floor", FLOOR_NS, rounds)
+    }
+
+    /// Like [`FloorBench::new`] on an existing pair of repositories (whose
+    /// results may hold notes: they are fetched first, history and all, as
+    /// a plain clone has them).
+    pub fn on_pair(
+        world: &World,
+        script: &'a Path,
+        mut pair: Pair,
+        name: &str,
+        ns: &'static str,
+        rounds: usize,
+    ) -> Result<Self> {
+        let clone = world.path(&format!("{name}-clone"));
+        let work = world.path(&format!("{name}-work"));
         std::fs::create_dir(&work)?;
         git(
             &world.root,
             &["clone", "-q", &pair.source_url(), &clone.to_string_lossy()],
         )?;
         git(&clone, &["remote", "add", "results", &pair.results_url()])?;
+        git(
+            &clone,
+            &["fetch", "-q", "results", "+refs/notes/*:refs/notes/*"],
+        )?;
+        let note_refs_exist = !git(
+            &clone,
+            &["for-each-ref", &format!("refs/notes/{ns}.output.stdout")],
+        )?
+        .trim()
+        .is_empty();
         let mut runner = Runner {
             clone,
             work,
             script,
             processes: 0,
-            note_refs_exist: false,
+            note_refs_exist,
+            ns,
         };
-        runner.cycle(&pair.tip()?, Variant::Batched)?;
-        runner.clean()?;
+        if !runner.note_refs_exist {
+            // Creates the note refs, so every timed cycle adds to them.
+            runner.cycle(&pair.tip()?, Variant::Batched)?;
+            runner.clean()?;
+        }
         let commits = pair.prepare(2 * rounds)?.into_iter();
         Ok(FloorBench {
             runner,
@@ -151,7 +182,7 @@ impl Runner<'_> {
     fn cycle(&mut self, tip: &str, variant: Variant) -> Result<()> {
         self.git(&["fetch", "-q", "origin"])?;
         self.git(&["verify-commit", tip])?;
-        let locked = format!("refs/notes/{NS}.locked");
+        let locked = format!("refs/notes/{}.locked", self.ns);
         let lock_text = format!(
             "{}: this commit is being tested by icyCI",
             SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()
@@ -186,7 +217,7 @@ impl Runner<'_> {
             Variant::Unbatched => {
                 for (name, file) in NOTES.iter().zip(&files) {
                     let blob = self.git(&["hash-object", "-w", &file.to_string_lossy()])?;
-                    let notes_ref = format!("refs/notes/{NS}.{name}");
+                    let notes_ref = format!("refs/notes/{}.{name}", self.ns);
                     self.git(&[
                         "notes",
                         "--ref",
@@ -205,7 +236,11 @@ impl Runner<'_> {
         // One push: the notes and, as the daemon does by default, the
         // tested commit on the results' branch.
         let mut push = vec!["push".to_owned(), "-q".to_owned(), "results".to_owned()];
-        push.extend(NOTES.iter().map(|name| format!("refs/notes/{NS}.{name}")));
+        push.extend(
+            NOTES
+                .iter()
+                .map(|name| format!("refs/notes/{}.{name}", self.ns)),
+        );
         push.push(format!("{tip}:refs/heads/main"));
         let push: Vec<&str> = push.iter().map(String::as_str).collect();
         self.git(&push)?;
@@ -233,7 +268,7 @@ impl Runner<'_> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let mut stream = String::new();
         for (name, blob) in NOTES.iter().zip(&blobs) {
-            let notes_ref = format!("refs/notes/{NS}.{name}");
+            let notes_ref = format!("refs/notes/{}.{name}", self.ns);
             writeln!(stream, "commit {notes_ref}")?;
             writeln!(
                 stream,
