@@ -858,7 +858,7 @@ fn scale(ctx: &Ctx) -> Result<Scale> {
     // trees on every push).
     progress("scale: the plain-git floor on the same repositories");
     let mut floor = floor::FloorBench::on_pair(
-        &ctx.world,
+        ctx.world,
         &ctx.script,
         pair,
         "scale-floor",
