@@ -82,6 +82,17 @@ fn which_git() -> PathBuf {
         .expect("git on PATH")
 }
 
+/// A daemon that has tested a first commit whose script counts its runs in
+/// the file `runs`.
+fn one_counted_run() -> (Fixture, PathBuf, String, Daemon) {
+    let fx = Fixture::new();
+    let runs = fx.env.path("runs");
+    let first = fx.script_commit(&format!("echo run >> '{}'\n", runs.display()));
+    let mut daemon = fx.spawn(&[]);
+    fx.wait_passed(&mut daemon, &first);
+    (fx, runs, first, daemon)
+}
+
 fn count_lines(path: &Path) -> usize {
     fs::read_to_string(path).map_or(0, |text| text.lines().count())
 }
@@ -169,11 +180,7 @@ fn a_lock_taken_elsewhere_since_the_last_fetch_is_respected() {
     if !require_tool("gpg") {
         return;
     }
-    let fx = Fixture::new();
-    let runs = fx.env.path("runs");
-    let first = fx.script_commit(&format!("echo run >> '{}'\n", runs.display()));
-    let mut daemon = fx.spawn(&[]);
-    fx.wait_passed(&mut daemon, &first);
+    let (fx, runs, _first, mut daemon) = one_counted_run();
     daemon.wait_for_stderr("state cleanup -> poll", LONG);
 
     let second = fx.env.commit(&fx.work, "locked elsewhere", fx.sign());
@@ -213,11 +220,7 @@ fn a_retested_commit_is_tested_again_despite_the_lock_in_local_refs() {
     if !require_tool("gpg") {
         return;
     }
-    let fx = Fixture::new();
-    let runs = fx.env.path("runs");
-    let first = fx.script_commit(&format!("echo run >> '{}'\n", runs.display()));
-    let mut daemon = fx.spawn(&[]);
-    fx.wait_passed(&mut daemon, &first);
+    let (fx, runs, first, mut daemon) = one_counted_run();
     let second = fx.signed_commit("second");
     fx.wait_passed(&mut daemon, &second);
     daemon.wait_for_stderr("state cleanup -> poll", LONG);
