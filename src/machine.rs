@@ -545,7 +545,7 @@ impl Job {
                 .await?
                 .ok_or_else(|| GitError::Failed {
                     command: "git ls-remote origin".into(),
-                    status: "exit status 0".into(),
+                    status: "no such branch".into(),
                     stderr: format!("the source has no branch {}", self.config.branch),
                 })?;
             if self.last_handled.as_deref() == Some(remote_tip.as_str()) {
