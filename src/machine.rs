@@ -530,6 +530,10 @@ impl Job {
     /// tip is due its second look, for a tag that may have come after it).
     async fn poll(&mut self, wait: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(with_jitter(wait)).await;
+        // Processes git detached (an automatic gc or maintenance) that have
+        // exited since: reaped here too, since a job that keeps losing lock
+        // races never reaches the cleanup.
+        contain::reap_adopted();
         self.deliver_backlog().await;
         if let Some(step) = self.owned_work() {
             return Ok(step);
@@ -648,18 +652,29 @@ impl Job {
                 self.held = Some(claim.clone());
                 Ok(Step::StartCommand { claim })
             }
-            LockOutcome::AlreadyLocked { stale_at } => {
+            LockOutcome::AlreadyTested => {
+                info!(
+                    commit = %tip.commit,
+                    "not testing: already locked in {}, with a result (tested)",
+                    self.config.notes_ns.note_ref("locked")
+                );
+                self.recheck = None;
+                Ok(self.nothing_to_do(tip.commit))
+            }
+            LockOutcome::AlreadyLocked { stale_at, holder } => {
+                let holder = holder.unwrap_or_else(|| "an instance".to_owned());
                 let locked = self.config.notes_ns.note_ref("locked");
                 match stale_at {
-                    Some(at) => info!(
+                    Some(at) if !self.config.once => info!(
                         commit = %tip.commit,
-                        "not testing: already locked in {locked} (being tested by an instance); \
-                         looking again when its lease ends at {} if it is still the tip",
+                        "not testing: already locked in {locked} by {holder}, no result yet \
+                         (being tested); looking again when its lease ends at {} if it is still \
+                         the tip",
                         crate::lease::format_unix(at)
                     ),
-                    None => info!(
+                    _ => info!(
                         commit = %tip.commit,
-                        "not testing: already locked in {locked} (tested, or being tested, by an instance)"
+                        "not testing: already locked in {locked} by {holder}, no result yet (being tested)"
                     ),
                 }
                 self.recheck = stale_at.map(|at| (tip.commit.clone(), at));

@@ -81,13 +81,18 @@ pub enum LockOutcome {
         /// The watched branch's value in the results repository.
         branch_value: Option<String>,
     },
-    /// Another instance (or an earlier run) has locked the commit.
+    /// The commit is locked and has a result: it was tested.
+    AlreadyTested,
+    /// Another instance (or an earlier run) has locked the commit, and
+    /// there is no result yet.
     AlreadyLocked {
         /// When the lock, if its holder does not renew it and no result
         /// arrives, becomes stale (unix time); `None` when it never does
         /// (results exist, or a lock without a lease and no
         /// `-stale-lock-after`).
         stale_at: Option<i64>,
+        /// Who holds it, as its lock note says (none in the original's).
+        holder: Option<String>,
     },
 }
 
@@ -333,7 +338,13 @@ impl NotesStore {
                 }
                 Ok(LockAttempt::Raced(reason)) => {
                     races += 1;
-                    warn!(commit = %commit, attempt, "lock push rejected ({reason}); fetching and retrying");
+                    // Losing to another instance is how instances share
+                    // work; only repeated refusals deserve a warning.
+                    if races <= 2 {
+                        info!(commit = %commit, attempt, "lock push rejected ({reason}): another instance pushed first; fetching and retrying");
+                    } else {
+                        warn!(commit = %commit, attempt, "lock push rejected again ({reason}); fetching and retrying");
+                    }
                     last = reason;
                     fetch_first = true;
                     Backoff::race_delay(races)
@@ -411,7 +422,7 @@ impl NotesStore {
                 info!(commit = %commit, "lock taken in {lock_ref}");
                 Ok(LockAttempt::Done(LockOutcome::Taken { branch_value }))
             }
-            Some(other) => Ok(LockAttempt::Raced(format!("{:?}", other.status))),
+            Some(other) => Ok(LockAttempt::Raced(other.status.to_string())),
             None => Err(missing_push_status(&lock_ref)),
         }
     }
@@ -430,21 +441,21 @@ impl NotesStore {
         };
         let note = parse_lock_note(&text);
         let now = chrono::Utc::now().timestamp();
-        // A live lock is held whatever else is there: look for results
-        // (two more git calls) only when the lock itself looks stale.
-        if judge_lock(&note, false, now, self.stale_lock_after) == LockVerdict::Held {
-            let stale_at = note
-                .lease_until
-                .or_else(|| Some(lease::lease_end(note.taken_at?, self.stale_lock_after?)));
-            return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked { stale_at }));
-        }
         let has_result = self.has_note("result.passed", commit).await?
             || self.has_note("result.failed", commit).await?;
-        let reason = match judge_lock(&note, has_result, now, self.stale_lock_after) {
+        if has_result {
+            return Ok(LockAttempt::Done(LockOutcome::AlreadyTested));
+        }
+        let reason = match judge_lock(&note, false, now, self.stale_lock_after) {
             LockVerdict::Held => {
+                let stale_at = note
+                    .lease_until
+                    .or_else(|| Some(lease::lease_end(note.taken_at?, self.stale_lock_after?)));
+                let holder = note.holder.map(|h| h.to_string());
                 return Ok(LockAttempt::Done(LockOutcome::AlreadyLocked {
-                    stale_at: None,
-                }))
+                    stale_at,
+                    holder,
+                }));
             }
             LockVerdict::Stale(reason) => reason,
         };
@@ -457,7 +468,7 @@ impl NotesStore {
                 info!("taking over stale lock of {commit} held by {holder} ({reason})");
                 Ok(LockAttempt::Done(LockOutcome::Taken { branch_value }))
             }
-            other => Ok(LockAttempt::Raced(format!("{other:?}"))),
+            other => Ok(LockAttempt::Raced(other.to_string())),
         }
     }
 

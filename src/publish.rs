@@ -185,12 +185,21 @@ pub async fn publish(
                 } else {
                     backoff.next_delay()
                 };
-                warn!(
-                    commit = %commit,
-                    round,
-                    retry_in = %format_duration(round_to_millis(delay)),
-                    "results push refused by the remote; fetching notes and retrying"
-                );
+                if refusals <= QUICK_REFUSAL_RETRIES {
+                    // Most likely another instance pushed first.
+                    info!(
+                        commit = %commit,
+                        round,
+                        "results push refused by the remote, most likely another instance pushed first; fetching notes and retrying"
+                    );
+                } else {
+                    warn!(
+                        commit = %commit,
+                        round,
+                        retry_in = %format_duration(round_to_millis(delay)),
+                        "results push refused by the remote again; fetching notes and retrying"
+                    );
+                }
                 tokio::time::sleep(delay).await;
             }
             Err(err) => {
@@ -323,24 +332,38 @@ async fn settle_branch(
             Ok(None)
         }
         None => Ok(Some(update)),
-        Some(PushStatus::StaleLease) => {
-            // Someone moved the results branch since the lock was taken.
-            // Update it only if the tested commit is still the source's tip;
-            // otherwise a newer tip is on its way and must not be rewound.
-            let source_tip = remote_ref_value(source, "origin", &update.branch.full_ref()).await?;
-            if source_tip.as_deref() == Some(commit) {
-                let expected = store.remote_branch(&update.branch).await?;
-                store.remember_branch(expected.clone());
-                info!(commit = %commit, "results branch moved meanwhile; retrying with a new lease");
-                Ok(Some(BranchUpdate { expected, ..update }))
-            } else {
-                info!(commit = %commit, "results branch not updated: the source has moved past this commit");
-                Ok(None)
-            }
+        Some(PushStatus::StaleLease) => settle_moved_branch(store, source, commit, update).await,
+        Some(status) if status.is_concurrent_update() => {
+            settle_moved_branch(store, source, commit, update).await
         }
         Some(PushStatus::Rejected(reason)) => {
-            warn!(commit = %commit, "results branch not updated: {reason}");
+            warn!(
+                commit = %commit,
+                "results branch not updated: {reason}; the notes are pushed, the branch moves with the next tested commit"
+            );
             Ok(None)
         }
+    }
+}
+
+/// The results branch moved since its value was read (another push won the
+/// lease or the ref lock): update it only if the tested commit is still the
+/// source's tip; otherwise a newer tip is on its way and must not be
+/// rewound.
+async fn settle_moved_branch(
+    store: &NotesStore,
+    source: &Git,
+    commit: &str,
+    update: BranchUpdate,
+) -> Result<Option<BranchUpdate>, GitError> {
+    let source_tip = remote_ref_value(source, "origin", &update.branch.full_ref()).await?;
+    if source_tip.as_deref() == Some(commit) {
+        let expected = store.remote_branch(&update.branch).await?;
+        store.remember_branch(expected.clone());
+        info!(commit = %commit, "results branch moved meanwhile; retrying with a new lease");
+        Ok(Some(BranchUpdate { expected, ..update }))
+    } else {
+        info!(commit = %commit, "results branch not updated: the source has moved past this commit");
+        Ok(None)
     }
 }

@@ -12,6 +12,25 @@ pub enum PushStatus {
     Rejected(String),
 }
 
+impl std::fmt::Display for PushStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushStatus::Accepted => f.write_str("accepted"),
+            PushStatus::StaleLease => f.write_str("moved meanwhile (lease not held)"),
+            PushStatus::Rejected(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl PushStatus {
+    /// A refusal that only says another push updated the ref at the same
+    /// moment (the remote's ref lock was taken): a lost race, not a policy.
+    pub fn is_concurrent_update(&self) -> bool {
+        matches!(self, PushStatus::Rejected(reason)
+            if reason.contains("failed to update ref") || reason.contains("failed to lock"))
+    }
+}
+
 /// One line of `git push --porcelain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushedRef {

@@ -198,6 +198,12 @@ fn restart_tests_new_tips_but_never_reruns_a_locked_commit() {
     daemon.wait_for_stderr("already locked in refs/notes/icyci.locked", LONG);
     assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
     stop(&mut daemon, "TERM");
+    // The operator is told why: the lock has a result, so it was tested.
+    assert!(
+        daemon.stderr().contains("with a result (tested)"),
+        "{}",
+        daemon.logs_for_humans()
+    );
     assert_eq!(runs(), format!("{first}\n{second}\n"));
     assert!(!daemon.stderr().contains("script passed"));
 }
