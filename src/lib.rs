@@ -40,3 +40,4 @@ pub mod trust;
 pub mod verify;
 pub mod viewer;
 pub mod workspace;
+pub mod worktree;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::JobConfig;
 use crate::contain;
@@ -39,6 +39,7 @@ use crate::spool::{Spool, SpoolEntry};
 use crate::state::State;
 use crate::verify::{describe_rejections, verify_tip, Provenance, Verification, VerifiedTip};
 use crate::workspace::{remove_tree, Workspace};
+use crate::worktree::{self, Shape};
 
 /// Result of `-once`, which is also its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,10 +178,22 @@ pub struct Job {
     backlog_backoff: Backoff,
     backlog_due: tokio::time::Instant,
     running: Option<ScriptRun>,
-    checked_out: bool,
+    work_tree: WorkTree,
     /// Attempts to run the held commit and stage its results.
     run_attempts: u32,
     failures: Failures,
+}
+
+/// What the checkout's work tree may hold, for the cleanup after a run.
+#[derive(Debug, PartialEq, Eq)]
+enum WorkTree {
+    /// No file of a run: a fresh clone, or cleaned since the last run.
+    Clean,
+    /// A commit checked out into a clean tree, with its paths right after
+    /// the checkout (`None` when they could not be read).
+    CheckedOut(Option<Shape>),
+    /// Anything: a run's leftovers may be there, or a clean failed.
+    Dirty,
 }
 
 /// Consecutive failures of one state, for the retry delay and the log.
@@ -245,7 +258,7 @@ impl Job {
             backlog_backoff: backlog_backoff(),
             backlog_due: tokio::time::Instant::now(),
             running: None,
-            checked_out: false,
+            work_tree: WorkTree::Clean,
             run_attempts: 0,
             failures: Failures::new(),
         }
@@ -405,7 +418,7 @@ impl Job {
 
     async fn clone_source(&mut self, delay: Duration) -> Result<Step, StepError> {
         tokio::time::sleep(delay).await;
-        self.checked_out = false;
+        self.work_tree = WorkTree::Clean;
         // The notes repository is made, and the namespace fetched, while
         // the source is cloned: both can take seconds on big repositories.
         let store = self.store.clone();
@@ -710,7 +723,8 @@ impl Job {
             return self.stage(claim, None).await;
         };
 
-        self.checked_out = true;
+        let was_clean = self.work_tree == WorkTree::Clean;
+        self.work_tree = WorkTree::Dirty;
         self.source
             .command("checkout")
             .args(["--quiet", "--force", "--detach"])
@@ -718,6 +732,10 @@ impl Job {
             .arg("--")
             .run()
             .await?;
+        if was_clean {
+            // Only a checkout into a clean tree holds just the index's paths.
+            self.work_tree = WorkTree::CheckedOut(self.checkout_shape().await);
+        }
         let notes_dir = self.workspace.prepare_notes_dir()?;
         let (stdout_file, stderr_file) = self.output_files();
         let (full_stdout, full_stderr) = self.full_output_files();
@@ -929,11 +947,13 @@ impl Job {
         once: Option<OnceResult>,
         then_wait: Duration,
     ) -> Result<Step, StepError> {
-        if self.checked_out {
+        if self.run_left_files().await {
             // Untracked and ignored files of this run must not leak into the
             // next; tracked files are reset by the next forced checkout.
+            self.work_tree = WorkTree::Dirty;
             self.source.command("clean").args(["-ffdxq"]).run().await?;
         }
+        self.work_tree = WorkTree::Clean;
         self.workspace.reset_staging()?;
         // Processes git detached (an automatic gc) that have exited since:
         // the daemon, a subreaper, adopted them, and must reap them.
@@ -942,6 +962,37 @@ impl Job {
             Some(result) if self.config.once => Ok(Step::Exit(result)),
             // After a test the tip may have moved meanwhile: look at once.
             _ => Ok(Step::Poll { wait: then_wait }),
+        }
+    }
+
+    /// The paths of the checkout now, read off the runtime's thread.
+    async fn checkout_shape(&self) -> Option<Shape> {
+        let dir = self.workspace.source_dir();
+        let shape = tokio::task::spawn_blocking(move || Shape::of(&dir, worktree::MAX_PATHS))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|read| read);
+        shape
+            .map_err(|err| {
+                debug!("cannot read the checkout's paths ({err}); it is cleaned after the run")
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Whether the checkout may hold files a run left, for `git clean` to
+    /// remove: not when its paths are those right after the checkout.
+    async fn run_left_files(&self) -> bool {
+        match &self.work_tree {
+            WorkTree::Clean => false,
+            WorkTree::Dirty | WorkTree::CheckedOut(None) => true,
+            WorkTree::CheckedOut(Some(before)) => {
+                let unchanged = self.checkout_shape().await.as_ref() == Some(before);
+                if unchanged {
+                    debug!("the run created and removed no file in the checkout: nothing to clean");
+                }
+                !unchanged
+            }
         }
     }
 

@@ -97,17 +97,14 @@ fn count_lines(path: &Path) -> usize {
     fs::read_to_string(path).map_or(0, |text| text.lines().count())
 }
 
-/// After a first cycle, the next signed commit costs the poll that notices
-/// it plus eight git processes, none of them redundant: no `rev-parse` of a
-/// ref just fetched, no tag lookup on an untagged tip, no fetch of the
-/// results before pushes that succeed, all notes in one `fast-import`.
-#[test]
-fn a_cycle_starts_only_the_git_processes_it_needs() {
-    if !require_tool("gpg") {
-        return;
-    }
+/// The git subcommands of the cycle that tests the next signed commit,
+/// from the `ls-remote` that noticed it to the daemon's return to polling,
+/// with `script` as the test script of both commits.
+fn calls_of_the_second_cycle(
+    script: impl Fn(&Fixture) -> String,
+) -> (Fixture, Vec<String>, Daemon) {
     let fx = Fixture::new();
-    let first = fx.script_commit("exit 0\n");
+    let first = fx.script_commit(&script(&fx));
     let git = GitLog::new(&fx);
     let mut daemon = git.spawn(&fx, &[]);
     fx.wait_passed(&mut daemon, &first);
@@ -116,19 +113,40 @@ fn a_cycle_starts_only_the_git_processes_it_needs() {
 
     let second = fx.signed_commit("second");
     fx.wait_passed(&mut daemon, &second);
-    wait_for("the cycle's cleanup", LONG, || {
-        git.subcommands().iter().any(|s| s == "clean")
+    wait_for("the second cycle's cleanup", LONG, || {
+        daemon.stderr().matches("state cleanup -> poll").count() >= 2
     });
-
     let calls = git.subcommands();
     let start = calls
         .iter()
         .position(|s| s == "fetch")
         .unwrap_or_else(|| panic!("no fetch in the cycle:\n{}", git.lines()));
-    let end = calls.iter().rposition(|s| s == "clean").expect("clean");
     // The ls-remote right before the fetch noticed the new tip.
     assert_eq!(calls[start - 1], "ls-remote", "{}", git.lines());
-    let cycle = &calls[start - 1..=end];
+    let end = calls
+        .iter()
+        .rposition(|s| s == "push")
+        .expect("the results push");
+    // What follows the results push, up to the first poll after the cycle.
+    let rest = calls[end + 1..]
+        .iter()
+        .take_while(|s| *s != "ls-remote")
+        .count();
+    let cycle = calls[start - 1..=end + rest].to_vec();
+    (fx, cycle, daemon)
+}
+
+/// After a first cycle, the next signed commit costs the poll that notices
+/// it plus seven git processes, none of them redundant: no `rev-parse` of a
+/// ref just fetched, no tag lookup on an untagged tip, no fetch of the
+/// results before pushes that succeed, all notes in one `fast-import`, and
+/// no `git clean` after a script that left no file in the checkout.
+#[test]
+fn a_cycle_starts_only_the_git_processes_it_needs() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let (_fx, cycle, mut daemon) = calls_of_the_second_cycle(|_| "exit 0\n".to_owned());
     assert_eq!(
         cycle,
         [
@@ -140,10 +158,40 @@ fn a_cycle_starts_only_the_git_processes_it_needs() {
             "checkout",
             "fast-import",
             "push",
-            "clean"
         ],
-        "git calls of one cycle:\n{}",
-        git.lines()
+        "git calls of one cycle"
+    );
+    assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+}
+
+/// A script that leaves files in the checkout (a build artefact, an ignored
+/// file, a directory) or removes one costs the `git clean` after its run,
+/// and the next run finds the checkout exactly as committed.
+#[test]
+fn a_run_that_leaves_files_is_cleaned_up_after() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let seen = |fx: &Fixture| fx.env.path("seen");
+    let (fx, cycle, mut daemon) = calls_of_the_second_cycle(|fx| {
+        format!(
+            "echo $(ls -A) >> '{seen}'\n\
+             echo build > .gitignore\n\
+             mkdir -p build/obj && : > build/obj/a.o\n\
+             rm test.sh\n",
+            seen = seen(fx).display()
+        )
+    });
+    assert_eq!(cycle.last().map(String::as_str), Some("clean"), "{cycle:?}");
+    assert_eq!(cycle.len(), 9, "{cycle:?}");
+    // Each run found only the committed files (and the repository): the
+    // second commit adds `commits`.
+    let seen = fs::read_to_string(seen(&fx)).expect("the runs wrote what they saw");
+    assert_eq!(
+        seen,
+        ".git test.sh\n.git commits test.sh\n",
+        "{}",
+        daemon.logs_for_humans()
     );
     assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
 }
