@@ -201,14 +201,21 @@ struct Failures {
     state: Option<State>,
     count: u32,
     backoff: Backoff,
+    poll_interval: Duration,
 }
 
 impl Failures {
-    fn new() -> Self {
+    fn new(poll_interval: Duration) -> Self {
+        // Retries follow the job's cadence: from half a second (or one poll
+        // interval, if shorter) up to ten intervals, within [1 s, 1 min]. A
+        // source that is back is noticed about as soon as a poll would.
+        let max = (poll_interval * 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let min = poll_interval.min(Duration::from_millis(500));
         Failures {
             state: None,
             count: 0,
-            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+            backoff: Backoff::new(min, max),
+            poll_interval,
         }
     }
 
@@ -216,7 +223,7 @@ impl Failures {
     /// before the next try.
     fn record(&mut self, state: State) -> (u32, Duration) {
         if self.state != Some(state) {
-            *self = Failures::new();
+            *self = Failures::new(self.poll_interval);
             self.state = Some(state);
         }
         self.count += 1;
@@ -229,7 +236,7 @@ impl Failures {
             return None;
         }
         let count = self.count;
-        *self = Failures::new();
+        *self = Failures::new(self.poll_interval);
         Some(count)
     }
 }
@@ -241,6 +248,7 @@ impl Job {
         let store = NotesStore::new(Git::new(workspace.results_dir()), config.notes_ns.clone())
             .with_leases(config.lock_lease, config.stale_lock_after);
         let same_repository = config.source.same_repository(&config.results);
+        let failures = Failures::new(config.poll_interval);
         Job {
             config,
             workspace,
@@ -260,7 +268,7 @@ impl Job {
             running: None,
             work_tree: WorkTree::Clean,
             run_attempts: 0,
-            failures: Failures::new(),
+            failures,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Fault tests (issue 4, "Fault tests"): the daemon SIGKILLed in each state of its cycle and
-//! started afresh with the same state directory; the results remote, a real `git daemon`,
+//! started afresh with the same state directory; the source remote, a real `git daemon`,
+//! stopped for many polls; the results remote, a real `git daemon`,
 //! stopped across the results push and started again, with and without a restart of icyci in
 //! between; four instances of one namespace on twenty commits pushed one after another.
 //!
@@ -34,6 +35,8 @@ struct World {
     fpr: String,
     work: PathBuf,
     source: PathBuf,
+    /// The source as the daemon is told (`-source-repo`).
+    source_url: String,
     /// The results repository on disk, also when the daemon reaches it through `git daemon`.
     results: PathBuf,
     /// The results repository as the daemon is told (`-results-repo`).
@@ -144,12 +147,14 @@ impl World {
             ),
         );
         let results_url = results.to_string_lossy().into_owned();
+        let source_url = source.to_string_lossy().into_owned();
         World {
             state: env.path("state"),
             env,
             fpr,
             work,
             source,
+            source_url,
             results,
             results_url,
             script,
@@ -198,7 +203,7 @@ impl World {
     fn args(&self, state: &Path, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "-source-repo",
-            &self.source.to_string_lossy(),
+            &self.source_url,
             "-results-repo",
             &self.results_url,
             "-test-script",
@@ -675,6 +680,54 @@ fn a_daemon_restarted_within_the_dead_holders_lease_takes_over_when_it_ends() {
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs[1] > until, "second run at {} before {until}", runs[1]);
     w.assert_nothing_stuck(&[&first, &fresh]);
+}
+
+// ---- the source remote stopped ----
+
+/// The source, served by a real `git daemon`, is stopped for more polls in a row than the
+/// original survives (it gives up after ten failed fetches), then started again on its port:
+/// icyci kept polling all along, and tests the tip pushed meanwhile, once.
+#[test]
+fn source_server_down_for_many_polls_then_back_the_next_tip_is_tested() {
+    if !require_tool("gpg") || !require_tool("git-daemon") {
+        return;
+    }
+    let mut w = World::new("results.git");
+    let base = w
+        .source
+        .parent()
+        .expect("the source's directory")
+        .to_path_buf();
+    let mut server = GitDaemon::start(&w.env, &base);
+    w.source_url = server.url("src.git");
+    let first = w.signed_commit("before the outage");
+    let mut daemon = w.spawn("icyci", false, &[]);
+    w.wait_passed(&mut daemon, &first);
+
+    let port = server.port();
+    server.stop();
+    // Failures back off up to ten poll intervals (1 s here), so twelve take some seconds.
+    let outage = Duration::from_secs(90);
+    wait_for("twelve failed polls in a row", outage, || {
+        assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+        daemon
+            .stderr()
+            .lines()
+            .any(|line| line.contains("poll failed") && line.contains("attempt=12"))
+    });
+    let second = w.signed_commit("pushed during the outage");
+    assert!(w.runs_of(&second).is_empty());
+    let _server = GitDaemon::start_on_port(&w.env, &base, port);
+
+    w.wait_passed(&mut daemon, &second);
+    w.assert_complete(&second);
+    assert_eq!(w.runs_of(&second).len(), 1, "{}", daemon.logs_for_humans());
+    assert_eq!(w.runs_of(&first).len(), 1, "{}", daemon.logs_for_humans());
+    assert!(daemon.stderr().contains("poll works again after"));
+    w.assert_nothing_stuck(&[&daemon]);
+    daemon.signal("TERM");
+    let status = daemon.expect_exit(QUICK);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
 }
 
 // ---- the results remote stopped ----
