@@ -31,6 +31,7 @@ use crate::git::{
     parse_fetch_head, parse_push_porcelain, Git, GitError, PushStatus, PushedRef, StdinPart,
 };
 use crate::lease::{self, judge_lock, parse_lock_note, Holder, LockVerdict};
+use crate::reader::ResultsReader;
 use crate::retry::Backoff;
 
 /// The git remote name under which the results repository is configured.
@@ -441,9 +442,7 @@ impl NotesStore {
         };
         let note = parse_lock_note(&text);
         let now = chrono::Utc::now().timestamp();
-        let has_result = self.has_note("result.passed", commit).await?
-            || self.has_note("result.failed", commit).await?;
-        if has_result {
+        if self.has_result(commit).await? {
             return Ok(LockAttempt::Done(LockOutcome::AlreadyTested));
         }
         let reason = match judge_lock(&note, false, now, self.stale_lock_after) {
@@ -550,16 +549,21 @@ impl NotesStore {
         Ok(shown.status.success().then(|| shown.stdout_text()))
     }
 
-    async fn has_note(&self, name: &str, commit: &str) -> Result<bool, GitError> {
-        let listed = self
-            .git
-            .command("notes")
-            .arg(format!("--ref={}", self.namespace.note_ref(name)))
-            .arg("list")
-            .positional([commit])
-            .output()
+    /// Whether `commit` has a result note, passed or failed, in the local
+    /// refs: one `cat-file` for both refs, whatever their fan-out.
+    async fn has_result(&self, commit: &str) -> Result<bool, GitError> {
+        let reader = ResultsReader::new(self.git.clone(), "refs/notes/");
+        let ns = self.namespace.as_str();
+        let names = ["result.passed", "result.failed"];
+        let index = reader
+            .index(
+                &[commit.to_owned()],
+                &names.map(|name| format!("{ns}.{name}")),
+            )
             .await?;
-        Ok(listed.status.success())
+        Ok(names
+            .iter()
+            .any(|name| index.blob(commit, ns, name).is_some()))
     }
 
     async fn local_ref(&self, refname: &str) -> Result<Option<String>, GitError> {

@@ -145,6 +145,39 @@ fn an_expired_lease_without_results_is_taken_over() {
     assert!(!lock.contains("deadbeef"), "{lock}");
 }
 
+/// A lock whose lease has ended but whose commit has a result (passed, or failed) was tested:
+/// it is left alone, with the reason logged, and the script does not run.
+#[test]
+fn an_expired_lease_with_a_result_is_not_taken_over() {
+    if !require_tool("gpg") {
+        return;
+    }
+    for verdict in ["result.passed", "result.failed"] {
+        let fx = Fixture::new();
+        let (commit, runs) = counting_script(&fx, "0");
+        hand_made_lock(&fx, &commit, &leased_lock(now() - 10));
+        let note_ref = format!("--ref=refs/notes/icyci.{verdict}");
+        fx.env.git(
+            &fx.work,
+            ["notes", &note_ref, "add", "-m", "tested elsewhere", &commit],
+        );
+        fx.env.push(
+            &fx.work,
+            &fx.results,
+            &[&format!("refs/notes/icyci.{verdict}")],
+        );
+
+        let (status, daemon) = fx.once(&[]);
+        assert_eq!(status.code(), Some(3), "{}", daemon.logs_for_humans());
+        let stderr = daemon.stderr();
+        assert!(stderr.contains("with a result (tested)"), "{stderr}");
+        assert!(!stderr.contains("taking over"), "{stderr}");
+        assert_eq!(run_count(&runs), 0, "{verdict}");
+        let lock = fx.note_text("locked", &commit).expect("still locked");
+        assert!(lock.contains("deadbeef"), "{lock}");
+    }
+}
+
 #[test]
 fn an_original_lock_is_taken_over_only_with_stale_lock_after() {
     if !require_tool("gpg") {
