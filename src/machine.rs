@@ -162,9 +162,8 @@ pub struct Job {
     /// a time, so a fetch in between sees the tip before its tag: such a tip
     /// is verified once more at the next poll.
     unverified: Option<(String, bool)>,
-    /// A tip locked by another instance whose lease was live: looked at
-    /// again once it ends (unix time), in case its holder died.
-    recheck: Option<(String, i64)>,
+    /// A tip locked by another instance, with no result yet.
+    recheck: Option<Recheck>,
     /// Locked by us and not yet staged: retried, never abandoned.
     held: Option<Claim>,
     /// Staged results not yet pushed.
@@ -182,6 +181,21 @@ pub struct Job {
     /// Attempts to run the held commit and stage its results.
     run_attempts: u32,
     failures: Failures,
+}
+
+/// A tip found locked by another instance, with no result yet: looked at
+/// again when the lease ends (its holder may have died), or sooner when the
+/// results' lock ref moves (its holder may have released it, as a stopped
+/// instance does, or `icyci retest` removed it).
+#[derive(Debug)]
+struct Recheck {
+    commit: String,
+    /// When the lock becomes stale (unix seconds); `None`: never by itself.
+    stale_at: Option<i64>,
+    /// The results' lock ref when the lock was found.
+    lock_ref: Option<String>,
+    /// When to ask the results repository for its lock ref next.
+    next_look: tokio::time::Instant,
 }
 
 /// What the checkout's work tree may hold, for the cleanup after a run.
@@ -574,14 +588,10 @@ impl Job {
                     stderr: format!("the source has no branch {}", self.config.branch),
                 })?;
             if self.last_handled.as_deref() == Some(remote_tip.as_str()) {
-                let now = chrono::Utc::now().timestamp();
-                if !matches!(&self.recheck, Some((commit, at)) if *commit == remote_tip && *at < now)
-                {
+                if !self.lock_on_tip_changed(&remote_tip).await {
                     return Ok(idle);
                 }
-                // The holder had its chance to renew: judge the lock again.
                 self.recheck = None;
-                info!(commit = %remote_tip, "the lease of the lock on the tip has ended; looking again");
                 return Ok(Step::Verify {
                     tip: remote_tip,
                     tags: true,
@@ -608,6 +618,42 @@ impl Job {
 
     /// Fetches the followed branch; the new tip and whether tags came with
     /// it are read from `FETCH_HEAD`, which git writes with every fetch.
+    /// Whether the tip, found locked by another instance, deserves another
+    /// look: its lease has ended, or the lock ref in the results repository
+    /// has moved since. The latter costs an `ls-remote` of the results, so
+    /// it is asked only every ten poll intervals (1 s to 10 min).
+    async fn lock_on_tip_changed(&mut self, tip: &str) -> bool {
+        let Some(recheck) = self.recheck.as_mut().filter(|r| r.commit == tip) else {
+            return false;
+        };
+        let now = chrono::Utc::now().timestamp();
+        if recheck.stale_at.is_some_and(|at| at < now) {
+            // The holder had its chance to renew: judge the lock again.
+            info!(commit = %tip, "the lease of the lock on the tip has ended; looking again");
+            return true;
+        }
+        if tokio::time::Instant::now() < recheck.next_look {
+            return false;
+        }
+        recheck.next_look =
+            tokio::time::Instant::now() + relook_interval(self.config.poll_interval);
+        match self.store.remote_lock_ref().await {
+            Ok(value) if value != recheck.lock_ref => {
+                info!(
+                    commit = %tip,
+                    "the lock ref in the results repository has moved since the tip was found \
+                     locked (released, renewed or taken over); looking again"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(err) => {
+                debug!(commit = %tip, "cannot read the results' lock ref: {err}");
+                false
+            }
+        }
+    }
+
     async fn fetch_source(&self) -> Result<FetchedTip, StepError> {
         let branch_ref = self.config.branch.full_ref();
         let refspec = format!("+{branch_ref}:refs/remotes/origin/{}", self.config.branch);
@@ -682,23 +728,38 @@ impl Job {
                 self.recheck = None;
                 Ok(self.nothing_to_do(tip.commit))
             }
-            LockOutcome::AlreadyLocked { stale_at, holder } => {
+            LockOutcome::AlreadyLocked {
+                stale_at,
+                holder,
+                lock_ref,
+            } => {
                 let holder = holder.unwrap_or_else(|| "an instance".to_owned());
                 let locked = self.config.notes_ns.note_ref("locked");
                 match stale_at {
-                    Some(at) if !self.config.once => info!(
-                        commit = %tip.commit,
-                        "not testing: already locked in {locked} by {holder}, no result yet \
-                         (being tested); looking again when its lease ends at {} if it is still \
-                         the tip",
-                        crate::lease::format_unix(at)
-                    ),
-                    _ => info!(
+                    _ if self.config.once => info!(
                         commit = %tip.commit,
                         "not testing: already locked in {locked} by {holder}, no result yet (being tested)"
                     ),
+                    Some(at) => info!(
+                        commit = %tip.commit,
+                        "not testing: already locked in {locked} by {holder}, no result yet \
+                         (being tested); looking again if the lock is released, or when its \
+                         lease ends at {} if it is still the tip",
+                        crate::lease::format_unix(at)
+                    ),
+                    None => info!(
+                        commit = %tip.commit,
+                        "not testing: already locked in {locked} by {holder}, no result yet \
+                         (being tested); looking again if the lock is released"
+                    ),
                 }
-                self.recheck = stale_at.map(|at| (tip.commit.clone(), at));
+                self.recheck = Some(Recheck {
+                    commit: tip.commit.clone(),
+                    stale_at,
+                    lock_ref,
+                    next_look: tokio::time::Instant::now()
+                        + relook_interval(self.config.poll_interval),
+                });
                 Ok(self.nothing_to_do(tip.commit))
             }
         }
@@ -1214,6 +1275,13 @@ struct FetchedTip {
 
 /// `wait` lengthened by up to a tenth, so that instances started together
 /// do not keep polling (and racing) in step.
+/// How often a job waiting on another instance's lock asks the results
+/// repository whether that lock moved: ten poll intervals, within 1 s and
+/// 10 min.
+fn relook_interval(poll_interval: Duration) -> Duration {
+    (poll_interval * 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
 fn with_jitter(wait: Duration) -> Duration {
     if wait.is_zero() {
         return wait;

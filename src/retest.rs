@@ -179,8 +179,9 @@ async fn run(args: &RetestArgs) -> Result<String, String> {
     }
     let names: Vec<&str> = present.iter().map(|(name, _, _)| *name).collect();
     Ok(format!(
-        "removed {} of {commit} in namespace {}; the daemon tests it again when it next looks \
-         at this tip",
+        "removed {} of {commit} in namespace {}; it is tested again when a daemon next looks at \
+         this tip (one waiting on its lock within ten poll intervals; one that tested it when the \
+         branch moves to it or the daemon restarts)",
         names.join(", "),
         ns.as_str()
     ))

@@ -69,6 +69,68 @@ fn same_namespace_instances_test_each_commit_exactly_once() {
     }
 }
 
+/// The instance holding a commit is stopped (SIGTERM, as `systemctl stop` sends) and releases
+/// its lock; the other instance, which found the commit locked with a lease hours from ending,
+/// sees the lock ref move and tests the commit within a few poll intervals.
+#[test]
+fn a_lock_released_by_a_stopped_instance_is_taken_by_the_waiting_one() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = Setup::new();
+    let log = s.env.path("instances.log");
+    let release = s.env.path("release");
+    // Instance a holds its run until the test releases it; b's runs pass at once.
+    s.set_script(&format!(
+        "echo \"$INSTANCE $head\" >> '{log}'\n\
+         while [ \"$INSTANCE\" = a ] && [ ! -e '{rel}' ]; do sleep 0.05; done\n",
+        log = log.display(),
+        rel = release.display()
+    ));
+    let fpr = s.env.gpg_key();
+    let commit = s.env.commit(&s.work, "signed", Sign::Gpg(fpr));
+    s.publish();
+    let mut a = spawn_instance(&s, "a", &[]);
+    wait_for("a's run to start", DEADLINE, || read_lines(&log).len() == 1);
+    let mut b = spawn_instance(&s, "b", &[]);
+    wait_log(
+        &mut b,
+        &[
+            "not testing: already locked in refs/notes/icyci.locked",
+            "looking again if the lock is released",
+            &commit_field(&commit),
+        ],
+    );
+
+    a.signal("TERM");
+    assert_eq!(
+        a.expect_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        a.logs_for_humans()
+    );
+    assert!(
+        a.stderr().contains("lock released"),
+        "{}",
+        a.logs_for_humans()
+    );
+    s.wait_note(&mut b, "icyci", "result.passed", &commit);
+    s.assert_passed(&commit);
+    assert_eq!(
+        read_lines(&log),
+        [format!("a {commit}"), format!("b {commit}")],
+        "{}",
+        b.logs_for_humans()
+    );
+    assert!(
+        b.stderr()
+            .contains("the lock ref in the results repository has moved"),
+        "{}",
+        b.logs_for_humans()
+    );
+    assert!(b.is_running(), "{}", b.logs_for_humans());
+}
+
 #[test]
 fn different_namespaces_each_test_every_commit() {
     if !require_tool("gpg") {
