@@ -129,7 +129,7 @@ const FLAGS: [(&str, Kind, &str, &str); 21] = [
         "poll-interval",
         Kind::Value,
         "DURATION",
-        "wait between fetches while idle (default 60s)",
+        "wait between polls of the source branch while idle (default 60s)",
     ),
     (
         "notes-ns",

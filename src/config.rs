@@ -274,7 +274,7 @@ pub struct JobConfig {
     pub results: RepoUrl,
     /// Also push the tested commit and verified tag to the results.
     pub push_source_to_results: bool,
-    /// Wait between fetches while idle.
+    /// Wait between polls of the source branch while idle.
     pub poll_interval: Duration,
     /// Notes namespace.
     pub notes_ns: NotesNamespace,
