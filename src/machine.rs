@@ -178,6 +178,8 @@ pub struct Job {
     backlog_due: tokio::time::Instant,
     running: Option<ScriptRun>,
     work_tree: WorkTree,
+    /// When exited processes the daemon adopted were last reaped.
+    reaped_at: tokio::time::Instant,
     /// Attempts to run the held commit and stage its results.
     run_attempts: u32,
     failures: Failures,
@@ -281,6 +283,7 @@ impl Job {
             backlog_due: tokio::time::Instant::now(),
             running: None,
             work_tree: WorkTree::Clean,
+            reaped_at: tokio::time::Instant::now(),
             run_attempts: 0,
             failures,
         }
@@ -567,8 +570,12 @@ impl Job {
         tokio::time::sleep(with_jitter(wait)).await;
         // Processes git detached (an automatic gc or maintenance) that have
         // exited since: reaped here too, since a job that keeps losing lock
-        // races never reaches the cleanup.
-        contain::reap_adopted();
+        // races never reaches the cleanup. Reaping reads all of /proc, which
+        // would be a fair share of an idle poll's cost: once a minute is
+        // soon enough for a zombie.
+        if self.reaped_at.elapsed() >= REAP_WHILE_POLLING {
+            self.reap_adopted();
+        }
         self.deliver_backlog().await;
         if let Some(step) = self.owned_work() {
             return Ok(step);
@@ -1026,12 +1033,17 @@ impl Job {
         self.workspace.reset_staging()?;
         // Processes git detached (an automatic gc) that have exited since:
         // the daemon, a subreaper, adopted them, and must reap them.
-        contain::reap_adopted();
+        self.reap_adopted();
         match once {
             Some(result) if self.config.once => Ok(Step::Exit(result)),
             // After a test the tip may have moved meanwhile: look at once.
             _ => Ok(Step::Poll { wait: then_wait }),
         }
+    }
+
+    fn reap_adopted(&mut self) {
+        contain::reap_adopted();
+        self.reaped_at = tokio::time::Instant::now();
     }
 
     /// The paths of the checkout now, read off the runtime's thread.
@@ -1306,6 +1318,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// With `-once`, a clone is tried this many times before giving up.
 const ONCE_CLONE_ATTEMPTS: u32 = 5;
+
+/// How often a polling job reaps the processes it adopted (see `poll`).
+const REAP_WHILE_POLLING: Duration = Duration::from_secs(60);
 
 /// Keeps the lease of the lock on `commit` alive while the script runs. A
 /// failed renewal is a warning only: the run goes on, and a later renewal
