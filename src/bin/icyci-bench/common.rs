@@ -45,19 +45,22 @@ pub fn describe(command: &Command) -> String {
 
 /// Feeds `stream` to `git fast-import` in `repo`.
 pub fn fast_import(repo: &Path, stream: &[u8]) -> Result<()> {
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["fast-import", "--quiet", "--force"])
-        .stdin(Stdio::piped())
+    git_with_input(repo, &["fast-import", "--quiet", "--force"], stream)
+}
+
+/// `git -C dir args...` with `input` on its standard input.
+pub fn git_with_input(dir: &Path, args: &[&str], input: &[u8]) -> Result<()> {
+    let mut command = Command::new("git");
+    command.arg("-C").arg(dir).args(args).stdin(Stdio::piped());
+    let mut child = command
         .spawn()
-        .context("cannot start git fast-import")?;
-    let written = child.stdin.take().context("stdin")?.write_all(stream);
+        .with_context(|| format!("cannot start {}", describe(&command)))?;
+    let written = child.stdin.take().context("stdin")?.write_all(input);
     let status = child.wait()?;
     if !status.success() {
-        bail!("git fast-import in {} failed ({status})", repo.display());
+        bail!("{} failed ({status})", describe(&command));
     }
-    written.context("writing to git fast-import")
+    written.with_context(|| format!("writing to {}", describe(&command)))
 }
 
 /// The `icyci` binary built beside this one (`target/<profile>/`).

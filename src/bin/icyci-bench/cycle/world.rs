@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
 use super::daemon::own_children_cpu;
-use crate::common::{checked, fast_import, git};
+use crate::common::{checked, fast_import, git, git_with_input};
 
 /// Files of the generated history: each commit changes one of them.
 const FILES: usize = 64;
@@ -183,6 +183,7 @@ impl World {
         fast_import(&author, &history_stream(commits.max(1), notes)?)?;
         git(&author, &["reset", "-q", "--hard", "main"])?;
         if notes > 0 {
+            lay_out_as_git_notes(&author, "locked")?;
             // The history and its notes, as earlier pushes left them.
             git(
                 &self.root,
@@ -282,6 +283,30 @@ impl Pair {
     pub fn tip(&self) -> Result<String> {
         git(&self.source, &["rev-parse", "refs/heads/main"])
     }
+}
+
+/// Lays the note ref `kind` out as `git notes` writes it. Lock notes are
+/// added with `git notes add`, by icyci as by the original, and at 20,000
+/// notes its fan-out differs from fast-import's (some subtrees are one
+/// level deeper): without this, each first lock note in a subtree would pay
+/// for rewriting it, which no real results repository asks. Copying one
+/// note of each subtree onto itself, in one `git notes copy`, loads and
+/// rewrites them all.
+fn lay_out_as_git_notes(repo: &Path, kind: &str) -> Result<()> {
+    let notes_ref = format!("--ref=refs/notes/{NS}.{kind}");
+    let listed = git(repo, &["notes", &notes_ref, "list"])?;
+    let mut subtrees = std::collections::BTreeSet::new();
+    let mut pairs = String::new();
+    for (_, commit) in listed.lines().filter_map(|line| line.split_once(' ')) {
+        if commit.len() > 2 && subtrees.insert(commit[..2].to_owned()) {
+            writeln!(pairs, "{commit} {commit}")?;
+        }
+    }
+    git_with_input(
+        repo,
+        &["notes", &notes_ref, "copy", "-f", "--stdin"],
+        pairs.as_bytes(),
+    )
 }
 
 /// `commits` commits on `refs/heads/main`, then the notes of the last
