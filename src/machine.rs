@@ -623,8 +623,6 @@ impl Job {
         })
     }
 
-    /// Fetches the followed branch; the new tip and whether tags came with
-    /// it are read from `FETCH_HEAD`, which git writes with every fetch.
     /// Whether the tip, found locked by another instance, deserves another
     /// look: its lease has ended, or the lock ref in the results repository
     /// has moved since. The latter costs an `ls-remote` of the results, so
@@ -661,6 +659,8 @@ impl Job {
         }
     }
 
+    /// Fetches the followed branch; the new tip and whether tags came with
+    /// it are read from `FETCH_HEAD`, which git writes with every fetch.
     async fn fetch_source(&self) -> Result<FetchedTip, StepError> {
         let branch_ref = self.config.branch.full_ref();
         let refspec = format!("+{branch_ref}:refs/remotes/origin/{}", self.config.branch);
@@ -1285,8 +1285,6 @@ struct FetchedTip {
     tags: bool,
 }
 
-/// `wait` lengthened by up to a tenth, so that instances started together
-/// do not keep polling (and racing) in step.
 /// How often a job waiting on another instance's lock asks the results
 /// repository whether that lock moved: ten poll intervals, within 1 s and
 /// 10 min.
@@ -1294,6 +1292,8 @@ fn relook_interval(poll_interval: Duration) -> Duration {
     (poll_interval * 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
+/// `wait` lengthened by up to a tenth, so that instances started together
+/// do not keep polling (and racing) in step.
 fn with_jitter(wait: Duration) -> Duration {
     if wait.is_zero() {
         return wait;
