@@ -7,8 +7,9 @@
 //! work tree holds exactly the paths of the index, so if the set of paths
 //! is the same after the run, there is nothing untracked or ignored to
 //! remove. [`Shape`] is a digest of that set (every path under the work
-//! tree with its file type, not looking into the repository's own `.git`),
-//! taken after the checkout and again after the run. A tree too large for
+//! tree with its file type, not looking into the repository's own `.git`)
+//! and of the identity of the index (a run that changes the index changes
+//! what is tracked), taken after the checkout and again after the run. A tree too large for
 //! that to be cheaper than `git clean` ([`MAX_PATHS`]) is always cleaned.
 //!
 //! Names, not timestamps: a directory's modification time would tell of a
@@ -19,6 +20,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -77,6 +79,29 @@ impl Shape {
                 digest.update([0]);
             }
         }
+        // The paths are compared with the index as the checkout left it:
+        // a run that changed the index (`git reset`, `git rm --cached`) may
+        // have made tracked files untracked without renaming anything. Git
+        // replaces the index by renaming a new file over it, so any change
+        // gives it another inode, size or time.
+        match fs::symlink_metadata(root.join(".git").join("index")) {
+            Ok(index) => {
+                digest.update(b"index");
+                for field in [
+                    index.dev(),
+                    index.ino(),
+                    index.size(),
+                    index.mtime() as u64,
+                    index.mtime_nsec() as u64,
+                    index.ctime() as u64,
+                    index.ctime_nsec() as u64,
+                ] {
+                    digest.update(field.to_le_bytes());
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => digest.update(b"no index"),
+            Err(err) => return Err(err),
+        }
         Ok(Some(Shape(digest.finalize().into())))
     }
 }
@@ -92,6 +117,7 @@ mod tests {
     fn tree() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join(".git/objects")).unwrap();
+        fs::write(dir.path().join(".git/index"), "DIRC").unwrap();
         fs::create_dir_all(dir.path().join("src/lib")).unwrap();
         fs::write(dir.path().join("src/lib/a.c"), "int a;\n").unwrap();
         fs::write(dir.path().join("Makefile"), "all:\n").unwrap();
@@ -103,7 +129,7 @@ mod tests {
         let dir = tree();
         let before = shape(dir.path());
         fs::write(dir.path().join("src/lib/a.c"), "int a = 1;\n").unwrap();
-        // What git itself keeps in .git does not count.
+        // What git itself keeps in .git does not count, but the index.
         fs::write(dir.path().join(".git/index.lock"), "").unwrap();
         fs::create_dir(dir.path().join(".git/objects/ab")).unwrap();
         assert_eq!(shape(dir.path()), before);
@@ -111,13 +137,18 @@ mod tests {
 
     #[test]
     fn a_created_removed_or_renamed_entry_changes_the_shape() {
-        let changes: [fn(&Path); 7] = [
+        let changes: [fn(&Path); 8] = [
             |d| fs::write(d.join("src/lib/a.o"), "").unwrap(),
             |d| fs::create_dir(d.join("build")).unwrap(),
             |d| fs::remove_file(d.join("Makefile")).unwrap(),
             |d| fs::rename(d.join("src/lib/a.c"), d.join("src/lib/b.c")).unwrap(),
             |d| std::os::unix::fs::symlink("Makefile", d.join("src/.git")).unwrap(),
             |d| fs::remove_dir_all(d.join(".git")).unwrap(),
+            |d| {
+                // The index replaced, as git does: a new file renamed over it.
+                fs::write(d.join(".git/index.lock"), "DIRC").unwrap();
+                fs::rename(d.join(".git/index.lock"), d.join(".git/index")).unwrap();
+            },
             |d| {
                 // The same name, another type.
                 fs::remove_file(d.join("Makefile")).unwrap();

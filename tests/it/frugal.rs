@@ -196,6 +196,47 @@ fn a_run_that_leaves_files_is_cleaned_up_after() {
     assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
 }
 
+/// A run that changes the index without touching a path of the work tree (`git rm --cached`,
+/// as `git reset` can) turns a tracked file into an untracked one: that is cleaned up too, and
+/// the next commit's run, which no longer tracks the file, does not find it.
+#[test]
+fn a_run_that_untracks_a_file_is_cleaned_up_after() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let seen = fx.env.path("seen");
+    let script = format!(
+        "#!/bin/sh
+echo $(ls -A) >> '{}'
+git rm -q --cached --ignore-unmatch leak.txt
+",
+        seen.display()
+    );
+    let first = fx.env.commit_files(
+        &fx.work,
+        "with leak.txt",
+        &[
+            ("test.sh", script.as_bytes()),
+            ("leak.txt", b"from the first commit\n"),
+        ],
+        fx.sign(),
+    );
+    fx.push_main();
+    let mut daemon = fx.spawn(&[]);
+    fx.wait_passed(&mut daemon, &first);
+    fs::remove_file(fx.work.join("leak.txt")).expect("remove leak.txt");
+    let second = fx.signed_commit("without leak.txt");
+    fx.wait_passed(&mut daemon, &second);
+    let seen = fs::read_to_string(&seen).expect("the runs wrote what they saw");
+    assert_eq!(
+        seen,
+        ".git leak.txt test.sh\n.git commits test.sh\n",
+        "{}",
+        daemon.logs_for_humans()
+    );
+}
+
 /// While nothing changes, each poll is one `ls-remote` of the source.
 #[test]
 fn idle_polls_run_only_ls_remote() {
