@@ -25,10 +25,11 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::config::{BranchName, NotesNamespace};
+use crate::config::{mask_credentials, BranchName, NotesNamespace};
 use crate::duration::{format_duration, round_to_millis};
 use crate::git::{
-    parse_fetch_head, parse_push_porcelain, Git, GitError, PushStatus, PushedRef, StdinPart,
+    parse_fetch_head, parse_push_porcelain, remote_messages, Git, GitError, PushStatus, PushedRef,
+    StdinPart,
 };
 use crate::lease::{self, judge_lock, parse_lock_note, Holder, LockVerdict};
 use crate::reader::ResultsReader;
@@ -793,10 +794,19 @@ impl NotesStore {
             .args(refspecs)
             .output()
             .await?;
-        let statuses = parse_push_porcelain(&String::from_utf8_lossy(&output.stdout));
+        let mut statuses = parse_push_porcelain(&String::from_utf8_lossy(&output.stdout));
+        // A refusing hook says why on stderr: keep that with the refusal.
+        let said = remote_messages(&output.stderr);
         if statuses.is_empty() {
             // Nothing reached the remote: unreachable, refused login, ...
             output.into_result()?;
+        }
+        if let Some(said) = said {
+            for pushed in &mut statuses {
+                if let PushStatus::Rejected(reason) = &mut pushed.status {
+                    reason.push_str(&format!("; the remote says: {}", mask_credentials(&said)));
+                }
+            }
         }
         Ok(statuses)
     }

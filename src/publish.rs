@@ -137,13 +137,14 @@ impl Publication {
 
 /// Pushes `publication` until its notes are in the results repository.
 ///
-/// Each round adds the notes on top of the note refs just fetched from the
-/// results repository and pushes them with the branch and tag still pending. A refused notes push means another
-/// instance pushed first: fetch the namespace (which discards our local
-/// note commits), add again, push again. Unreachable remotes are retried with
-/// capped backoff; the caller's state timeout bounds the whole, and
-/// `max_failures`, when given, the number of failed rounds (an unreachable
-/// remote) after which the last error is returned.
+/// Each round adds the notes on top of the note refs as last fetched or
+/// pushed, and pushes them with the branch and tag still pending. Notes
+/// refused because another instance pushed first are retried at once, a few
+/// times: fetch the namespace (which discards our local note commits), add
+/// again, push again. Other refusals (a hook, the remote's disk) and
+/// unreachable remotes are retried with capped backoff; the caller's state
+/// timeout bounds the whole, and `max_failures`, when given, the number of
+/// such failed rounds after which the last error is returned.
 pub async fn publish(
     store: &NotesStore,
     source: &Git,
@@ -158,7 +159,7 @@ pub async fn publish(
     let mut needs_sync = !store.synced();
     let mut notes_pushed = false;
     let mut round: u32 = 0;
-    let mut refusals: u32 = 0;
+    let mut races: u32 = 0;
     let mut failures: u32 = 0;
 
     loop {
@@ -171,64 +172,76 @@ pub async fn publish(
             &mut notes_pushed,
         )
         .await;
-        match result {
-            Ok(true) => {
+        let (err, said) = match result {
+            Ok(Round::Done) => {
                 info!(commit = %commit, "results pushed");
                 return Ok(());
             }
-            Ok(false) => {
-                refusals += 1;
-                // A lost race is retried at once; a remote that keeps
-                // refusing (a hook, a full disk) is not hammered.
-                let delay = if refusals <= QUICK_REFUSAL_RETRIES {
-                    Backoff::race_delay(refusals)
-                } else {
-                    backoff.next_delay()
-                };
-                if refusals <= QUICK_REFUSAL_RETRIES {
-                    // Most likely another instance pushed first.
-                    info!(
-                        commit = %commit,
-                        round,
-                        "results push refused by the remote, most likely another instance pushed first; fetching notes and retrying"
-                    );
-                } else {
-                    warn!(
-                        commit = %commit,
-                        round,
-                        retry_in = %format_duration(round_to_millis(delay)),
-                        "results push refused by the remote again; fetching notes and retrying"
-                    );
-                }
-                tokio::time::sleep(delay).await;
-            }
-            Err(err) => {
-                failures += 1;
-                if max_failures.is_some_and(|max| failures >= max) {
-                    return Err(err);
-                }
-                let delay = backoff.next_delay();
-                warn!(
+            Ok(Round::LostRace(reason)) if races < QUICK_REFUSAL_RETRIES => {
+                // Another instance pushed first: fetch, add again, push again
+                // at once (a short jitter after the first).
+                races += 1;
+                info!(
                     commit = %commit,
                     round,
-                    retry_in = %format_duration(round_to_millis(delay)),
-                    "results push failed: {err}"
+                    "results push refused ({reason}): another instance pushed first; fetching notes and retrying"
                 );
-                needs_sync = true;
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(Backoff::race_delay(races)).await;
+                continue;
             }
+            // A remote that keeps refusing (a hook, a full disk, races that
+            // never end) is not hammered, and counts as a failed round.
+            Ok(Round::LostRace(reason) | Round::Refused(reason)) => {
+                let said = format!("refused by the remote: {reason}");
+                let err = GitError::Failed {
+                    command: "git push".into(),
+                    status: "refused by the results repository".into(),
+                    stderr: reason,
+                };
+                (err, said)
+            }
+            Err(err) => {
+                let said = format!("failed: {err}");
+                (err, said)
+            }
+        };
+        failures += 1;
+        if max_failures.is_some_and(|max| failures >= max) {
+            // The caller says what becomes of the results.
+            return Err(err);
         }
+        let delay = backoff.next_delay();
+        warn!(
+            commit = %commit,
+            round,
+            retry_in = %format_duration(round_to_millis(delay)),
+            "results push {said}"
+        );
+        needs_sync = true;
+        tokio::time::sleep(delay).await;
     }
 }
 
-/// One round; `Ok(true)` when nothing is left to push.
+/// How one push round ended.
+enum Round {
+    /// Everything is in the results repository.
+    Done,
+    /// The notes were refused because another push moved their refs.
+    LostRace(String),
+    /// The notes were refused for another reason (a hook, the remote's
+    /// disk, a protected ref).
+    Refused(String),
+}
+
+/// One round of adding the notes (when the refs moved) and pushing what is
+/// still pending.
 async fn push_round(
     store: &NotesStore,
     source: &Git,
     publication: &mut Publication,
     needs_sync: &mut bool,
     notes_pushed: &mut bool,
-) -> Result<bool, GitError> {
+) -> Result<Round, GitError> {
     let commit = publication.tip.commit.clone();
     let namespace = store.namespace().clone();
     let mut refspecs = Vec::new();
@@ -272,7 +285,7 @@ async fn push_round(
         refspecs.push(format!("{}:{}", tag.object, tag.refname));
     }
     if refspecs.is_empty() {
-        return Ok(true);
+        return Ok(Round::Done);
     }
 
     let statuses = store.push(&refspecs, lease.as_deref()).await?;
@@ -283,15 +296,23 @@ async fn push_round(
             .map(|s| s.status.clone())
     };
 
+    let mut refused = None;
     if !*notes_pushed {
-        let all_accepted = publication
+        let not_accepted = publication
             .notes
             .iter()
-            .all(|(name, _)| status_of(&namespace.note_ref(name)) == Some(PushStatus::Accepted));
-        if all_accepted {
-            *notes_pushed = true;
-        } else {
-            *needs_sync = true;
+            .map(|(name, _)| status_of(&namespace.note_ref(name)))
+            .find(|status| *status != Some(PushStatus::Accepted));
+        match not_accepted {
+            None => *notes_pushed = true,
+            Some(status) => {
+                *needs_sync = true;
+                refused = Some(match status {
+                    Some(status) if status.is_lost_race() => Round::LostRace(status.to_string()),
+                    Some(status) => Round::Refused(status.to_string()),
+                    None => Round::Refused("no status for a note ref".into()),
+                });
+            }
         }
     }
     // When the notes were refused too, the whole push was most likely
@@ -315,7 +336,17 @@ async fn push_round(
             None => {}
         }
     }
-    Ok(*notes_pushed && publication.branch.is_none() && !publication.push_tag)
+    if let Some(refused) = refused {
+        return Ok(refused);
+    }
+    if publication.branch.is_none() && !publication.push_tag {
+        Ok(Round::Done)
+    } else {
+        // The notes are in; the branch or tag is retried at once.
+        Ok(Round::LostRace(
+            "the branch or tag is still to be pushed".into(),
+        ))
+    }
 }
 
 /// Decides what remains of the branch update after a push; `None` when done.

@@ -20,8 +20,8 @@ use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 pub use parse::{
-    parse_fetch_head, parse_push_porcelain, parse_tags_at, FetchedRef, PushStatus, PushedRef,
-    TagAtTip,
+    parse_fetch_head, parse_push_porcelain, parse_tags_at, remote_messages, FetchedRef, PushStatus,
+    PushedRef, TagAtTip,
 };
 pub use refname::{is_valid_branch_name, is_valid_full_refname};
 

@@ -29,6 +29,46 @@ impl PushStatus {
         matches!(self, PushStatus::Rejected(reason)
             if reason.contains("failed to update ref") || reason.contains("failed to lock"))
     }
+
+    /// A refusal because the ref moved since it was read (another push
+    /// got there first), as opposed to one by the remote's policy (a hook,
+    /// a full disk, a protected ref).
+    pub fn is_lost_race(&self) -> bool {
+        match self {
+            PushStatus::Accepted => false,
+            PushStatus::StaleLease => true,
+            PushStatus::Rejected(reason) => {
+                self.is_concurrent_update()
+                    || reason.starts_with("[rejected] (fetch first)")
+                    || reason.starts_with("[rejected] (non-fast-forward)")
+            }
+        }
+    }
+}
+
+/// What the remote said in a push's standard error (its `remote: ` lines,
+/// such as a refusing hook's message), on one line; `None` when nothing.
+pub fn remote_messages(stderr: &str) -> Option<String> {
+    const MAX: usize = 300;
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("remote:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let mut text = lines.join(" / ");
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    Some(text)
 }
 
 /// One line of `git push --porcelain`.

@@ -194,3 +194,57 @@ fn a_fresh_daemon_delivers_the_spool_and_never_a_half_written_entry() {
     daemon.signal("TERM");
     daemon.expect_exit(QUICK);
 }
+
+/// The results repository refuses the results push by policy (a `pre-receive` hook that
+/// declines any push of a result note, saying why): after a few refused rounds the results wait
+/// in the spool, the refusal is logged with the hook's message, and the daemon goes on testing.
+/// Once the hook lets pushes through, every result arrives.
+#[test]
+fn results_refused_by_a_hook_wait_in_the_spool_and_testing_goes_on() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    fs::write(&s.released, b"").expect("the script runs through");
+    let refuse = s.env.path("refuse");
+    fs::write(&refuse, b"").expect("write the refuse file");
+    write_script(
+        s.results.join("hooks/pre-receive"),
+        &format!(
+            "if [ -e '{}' ] && grep -q 'refs/notes/icyci.result'; then\n\
+             \techo 'results are frozen for maintenance' >&2\n\
+             \texit 1\n\
+             fi\n\
+             exit 0\n",
+            refuse.display()
+        ),
+    );
+    let first = s.commit("first");
+    let mut daemon = s.spawn();
+    let log = daemon.wait_for_stderr("they wait in the spool", QUICK);
+    assert!(
+        log.contains("results are frozen for maintenance"),
+        "the hook's message is logged:\n{log}"
+    );
+    assert!(s.spool().join(&first).join("meta").exists(), "spooled");
+
+    // Still refused, the daemon tests the next tip meanwhile.
+    let second = s.commit("second");
+    wait_for("the second commit's run", QUICK, || {
+        daemon
+            .stderr()
+            .lines()
+            .any(|line| line.contains("script passed") && line.contains(&second))
+    });
+    assert!(!s.passed(&first));
+
+    fs::remove_file(&refuse).expect("let pushes through");
+    wait_passed(&s, &mut daemon, &first);
+    wait_passed(&s, &mut daemon, &second);
+    wait_for("the spool to empty", QUICK, || {
+        !s.spool().join(&first).exists() && !s.spool().join(&second).exists()
+    });
+    assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+    daemon.signal("TERM");
+    daemon.expect_exit(QUICK);
+}
