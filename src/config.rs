@@ -250,6 +250,21 @@ impl Timeouts {
         }
     }
 
+    /// The limit for the remote calls of a poll (which as a state has
+    /// none, since it mostly waits): a remote that takes the connection and
+    /// never answers must not wedge the job. `git ls-remote` moves a few
+    /// refs: ten poll intervals, within 10 s to 2 min; a fetch at most what
+    /// a clone does.
+    pub fn for_poll(&self, fetching: bool, poll_interval: Duration) -> Option<Duration> {
+        match fetching {
+            _ if !self.enabled => None,
+            false => {
+                Some((poll_interval * 10).clamp(Duration::from_secs(10), Duration::from_secs(120)))
+            }
+            true => State::Clone.default_timeout(),
+        }
+    }
+
     /// The limit for `state`.
     pub fn for_state(&self, state: State) -> Option<Duration> {
         match state {

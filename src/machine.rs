@@ -74,6 +74,8 @@ enum StepError {
     Io(#[from] std::io::Error),
     #[error("state {state} timed out after {}", format_duration(*limit))]
     Timeout { state: State, limit: Duration },
+    #[error("{what} gave no answer within {}", format_duration(*limit))]
+    NoAnswer { what: &'static str, limit: Duration },
 }
 
 /// A commit this job holds the lock on.
@@ -587,13 +589,20 @@ impl Job {
         };
         let second_look = matches!(&self.unverified, Some((_, false)));
         if !second_look {
-            let remote_tip = remote_ref_value(&self.source, "origin", &branch_ref)
-                .await?
-                .ok_or_else(|| GitError::Failed {
-                    command: "git ls-remote origin".into(),
-                    status: "no such branch".into(),
-                    stderr: format!("the source has no branch {}", self.config.branch),
-                })?;
+            let ls_remote = remote_ref_value(&self.source, "origin", &branch_ref);
+            let remote_tip = within(
+                self.config
+                    .timeouts
+                    .for_poll(false, self.config.poll_interval),
+                "the source (git ls-remote)",
+                ls_remote,
+            )
+            .await??
+            .ok_or_else(|| GitError::Failed {
+                command: "git ls-remote origin".into(),
+                status: "no such branch".into(),
+                stderr: format!("the source has no branch {}", self.config.branch),
+            })?;
             if self.last_handled.as_deref() == Some(remote_tip.as_str()) {
                 if !self.lock_on_tip_changed(&remote_tip).await {
                     return Ok(idle);
@@ -606,7 +615,15 @@ impl Job {
             }
         }
 
-        let fetched = self.fetch_source().await?;
+        let fetch = self.fetch_source();
+        let fetched = within(
+            self.config
+                .timeouts
+                .for_poll(true, self.config.poll_interval),
+            "the source (git fetch)",
+            fetch,
+        )
+        .await??;
         let tip = fetched.tip;
         let second_look = matches!(&self.unverified, Some((t, false)) if *t == tip);
         if self.last_handled.as_deref() == Some(tip.as_str()) && !second_look {
@@ -642,7 +659,14 @@ impl Job {
         }
         recheck.next_look =
             tokio::time::Instant::now() + relook_interval(self.config.poll_interval);
-        match self.store.remote_lock_ref().await {
+        let asked = within(
+            self.config
+                .timeouts
+                .for_poll(false, self.config.poll_interval),
+            "the results (git ls-remote)",
+            self.store.remote_lock_ref(),
+        );
+        match asked.await.and_then(|answer| Ok(answer?)) {
             Ok(value) if value != recheck.lock_ref => {
                 info!(
                     commit = %tip,
@@ -1283,6 +1307,20 @@ struct FetchedTip {
     tip: String,
     /// Whether tags came with it.
     tags: bool,
+}
+
+/// `work`, given up (and its git child killed) after `limit`.
+async fn within<T>(
+    limit: Option<Duration>,
+    what: &'static str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, StepError> {
+    let Some(limit) = limit else {
+        return Ok(work.await);
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| StepError::NoAnswer { what, limit })
 }
 
 /// How often a job waiting on another instance's lock asks the results

@@ -730,6 +730,95 @@ fn source_server_down_for_many_polls_then_back_the_next_tip_is_tested() {
     assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
 }
 
+/// A server that accepts connections on `port` of 127.0.0.1 and never answers, holding them
+/// open until it is dropped: a remote that hangs rather than refuses.
+struct SilentServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentServer {
+    fn start(port: u16) -> SilentServer {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            // Bounded, whatever the test does: 5 minutes at most.
+            for _ in 0..6000 {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok((connection, _)) = listener.accept() {
+                    held.push(connection);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        SilentServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The source's server is replaced by one that takes connections and never answers: each poll
+/// is given up after its limit (ten poll intervals, at least 10 s) and retried, logged; when
+/// the real server is back, the tip pushed meanwhile is tested.
+#[test]
+fn a_source_that_never_answers_does_not_wedge_the_daemon() {
+    if !require_tool("gpg") || !require_tool("git-daemon") {
+        return;
+    }
+    let mut w = World::new("results.git");
+    let base = w
+        .source
+        .parent()
+        .expect("the source's directory")
+        .to_path_buf();
+    let mut server = GitDaemon::start(&w.env, &base);
+    w.source_url = server.url("src.git");
+    let first = w.signed_commit("before the silence");
+    let mut daemon = w.spawn("icyci", false, &[]);
+    w.wait_passed(&mut daemon, &first);
+
+    let port = server.port();
+    server.stop();
+    let silent = SilentServer::start(port);
+    let silence = Duration::from_secs(60);
+    wait_for("a poll given up for want of an answer", silence, || {
+        assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+        daemon.stderr().lines().any(|line| {
+            line.contains("poll failed: the source (git ls-remote) gave no answer within 10s")
+        })
+    });
+    let second = w.signed_commit("pushed during the silence");
+    drop(silent);
+    let _server = GitDaemon::start_on_port(&w.env, &base, port);
+
+    w.wait_passed(&mut daemon, &second);
+    w.assert_complete(&second);
+    assert_eq!(w.runs_of(&second).len(), 1, "{}", daemon.logs_for_humans());
+    w.assert_nothing_stuck(&[&daemon]);
+    daemon.signal("TERM");
+    let status = daemon.expect_exit(QUICK);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+}
+
 // ---- the results remote stopped ----
 
 /// A world whose results repository is served by a `git daemon` on loopback.
