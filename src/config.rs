@@ -119,7 +119,8 @@ impl NotesNamespace {
 pub struct RepoUrl(String);
 
 impl RepoUrl {
-    /// Accepts anything non-empty that cannot be read as an option.
+    /// Accepts anything non-empty that cannot be read as an option. Its
+    /// secrets are remembered, to be masked in every later log line.
     pub fn new(url: &str) -> Result<Self, ConfigError> {
         if url.is_empty() {
             return Err(ConfigError::Repository(url.to_owned(), "empty"));
@@ -130,6 +131,7 @@ impl RepoUrl {
                 "must not start with '-'",
             ));
         }
+        remember_secrets(url);
         Ok(RepoUrl(url.to_owned()))
     }
 
@@ -183,20 +185,75 @@ impl fmt::Debug for RepoUrl {
     }
 }
 
-/// Replaces the password part of every `scheme://user:password@host` in
-/// `text` with `***`, leaving the user name so an operator can tell which
-/// account was used.
+/// Secrets of the repository URLs given to this process (see
+/// [`remember_secrets`]), masked wherever they appear in a logged text:
+/// git's own messages quote URLs in forms without a scheme.
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Shorter secrets are not looked for in free text: they would mask
+/// ordinary words.
+const MIN_SECRET_LEN: usize = 4;
+
+/// Remembers the secrets of `url` for [`mask_credentials`]: its password,
+/// an `http(s)` user name standing alone (a token), its query string.
+pub fn remember_secrets(url: &str) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return;
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let mut found = Vec::new();
+    if let Some((userinfo, _host)) = authority.rsplit_once('@') {
+        match userinfo.split_once(':') {
+            Some((_user, password)) => found.push(password),
+            None if is_web(scheme) => found.push(userinfo),
+            None => {}
+        }
+    }
+    if let Some((_, query)) = path.split_once('?') {
+        found.push(query);
+    }
+    let mut secrets = SECRETS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for secret in found {
+        if secret.len() >= MIN_SECRET_LEN && !secrets.iter().any(|known| known == secret) {
+            secrets.push(secret.to_owned());
+        }
+    }
+}
+
+fn is_web(scheme: &str) -> bool {
+    scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+}
+
+/// Masks credentials in `text`: the password of every
+/// `scheme://user:password@host` (the user name stays, so an operator can
+/// tell which account was used), a user name standing alone in an
+/// `http(s)` URL (a token, as in `https://<token>@host`), every URL's query
+/// string, and anywhere else the secrets [`remember_secrets`] was given.
 pub fn mask_credentials(text: &str) -> Cow<'_, str> {
-    if !text.contains("://") {
+    let secrets = SECRETS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let holds_secret = secrets.iter().any(|secret| text.contains(secret.as_str()));
+    if !text.contains("://") && !holds_secret {
         return Cow::Borrowed(text);
     }
     let mut masked = String::with_capacity(text.len());
     let mut rest = text;
+    let ends_url = |c: char| c.is_whitespace() || c == '\'' || c == '"';
     while let Some(start) = rest.find("://") {
         let (head, tail) = rest.split_at(start + 3);
         masked.push_str(head);
+        let scheme_start = head[..start]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+.-".contains(*c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let scheme = &head[scheme_start..start];
         let mut authority_end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
+            .find(|c: char| c == '/' || c == '?' || ends_url(c))
             .unwrap_or(tail.len());
         // In `http://a,https://u:p@h` the next URL's scheme is glued to this
         // authority: stop before its `:` so that its `://` is still found.
@@ -212,6 +269,7 @@ pub fn mask_credentials(text: &str) -> Cow<'_, str> {
                         masked.push_str(user);
                         masked.push_str(":***");
                     }
+                    None if is_web(scheme) && !userinfo.is_empty() => masked.push_str("***"),
                     None => masked.push_str(userinfo),
                 }
                 masked.push_str(&authority[at..]);
@@ -219,8 +277,22 @@ pub fn mask_credentials(text: &str) -> Cow<'_, str> {
             None => masked.push_str(authority),
         }
         rest = &tail[authority_end..];
+        // The query string, up to the end of the URL.
+        let url_end = rest.find(ends_url).unwrap_or(rest.len());
+        if let Some(query) = rest[..url_end].find('?') {
+            if !rest[..query].contains("://") {
+                masked.push_str(&rest[..query]);
+                masked.push_str("?***");
+                rest = &rest[url_end..];
+            }
+        }
     }
     masked.push_str(rest);
+    for secret in secrets.iter() {
+        if masked.contains(secret.as_str()) {
+            masked = masked.replace(secret.as_str(), "***");
+        }
+    }
     Cow::Owned(masked)
 }
 
@@ -332,8 +404,10 @@ pub fn default_state_dir(config: &JobConfig) -> Option<PathBuf> {
 
 /// A readable, filesystem-safe name of a job: the source without
 /// credentials, the branch and the namespace, such as
-/// `git_example.org_linux.git@master@icyci`; long names are shortened and
-/// made unique with a hash of the whole.
+/// `git_example.org_linux.git@master@icyci-82ea0501bd36`. Characters a
+/// file name should not hold become `_`, so different jobs could read
+/// alike (branches `feat/x` and `feat_x`): a hash of the three, exactly,
+/// ends every name. Long names are shortened from the front.
 pub fn job_name(config: &JobConfig) -> String {
     let source = mask_credentials(config.source.as_git_arg()).replace(":***@", "@");
     // No user name either: the same job whoever logs in.
@@ -344,8 +418,8 @@ pub fn job_name(config: &JobConfig) -> String {
         }
         None => source,
     };
-    let full = format!("{source}@{}@{}", config.branch, config.notes_ns.as_str());
-    let mut name: String = full
+    let (branch, namespace) = (config.branch.to_string(), config.notes_ns.as_str());
+    let mut name: String = format!("{source}@{branch}@{namespace}")
         .chars()
         .map(|c| match c {
             'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '@' => c,
@@ -359,15 +433,23 @@ pub fn job_name(config: &JobConfig) -> String {
     if name.starts_with('.') {
         name.insert(0, '_');
     }
+    // FNV-1a, stable across releases (unlike std's hasher), over the
+    // three parts NUL-separated: no two jobs spell the same input.
+    let exact = [source.as_str(), branch.as_str(), namespace].join("\0");
+    let hash = exact.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     const MAX: usize = 80;
-    if name.len() > MAX {
-        // FNV-1a: stable across releases, unlike std's hasher.
-        let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        name = format!("{}-{hash:016x}", &name[name.len() - (MAX - 17)..]);
+    const HASH_DIGITS: usize = 12;
+    let keep = MAX - HASH_DIGITS - 1;
+    if name.len() > keep {
+        let mut start = name.len() - keep;
+        while !name.is_char_boundary(start) {
+            start += 1;
+        }
+        name = name[start..].to_owned();
     }
-    name
+    format!("{name}-{:012x}", hash & 0xffff_ffff_ffff)
 }
 
 /// `-max-output` by default: 16 MiB of each stream.
@@ -376,6 +458,71 @@ pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_of(source: &str, branch: &str, ns: &str) -> String {
+        let args = [
+            "-source-repo",
+            source,
+            "-results-repo",
+            "/srv/results.git",
+            "-source-branch",
+            branch,
+            "-notes-ns",
+            ns,
+        ];
+        match crate::cli::parse_args(args).expect("valid flags") {
+            crate::cli::Invocation::Run(config) => job_name(&config),
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn job_names_are_readable_and_tell_jobs_apart() {
+        let name = job_of("git://example.org/linux.git", "master", "icyci");
+        // Stable across releases: it names the state directory, spool included.
+        assert_eq!(name, "git_example.org_linux.git@master@icyci-82ea0501bd36");
+        // Names that read alike once made safe for a file system.
+        assert_ne!(
+            job_of("/r", "feat/x", "icyci"),
+            job_of("/r", "feat_x", "icyci")
+        );
+        assert_ne!(job_of("/r", "main", "p/q"), job_of("/r", "main", "p_q"));
+        assert_ne!(job_of("/r", "a@b", "c"), job_of("/r", "a", "b@c"));
+        // The same job whoever logs in, and no secret in the name.
+        let token = job_of(
+            "https://s3cr3t-token@h.org/x.git?key=k3y-value",
+            "main",
+            "icyci",
+        );
+        assert_eq!(
+            token,
+            job_of("https://bot:other@h.org/x.git?key=another", "main", "icyci")
+        );
+        assert!(
+            !token.contains("s3cr3t") && !token.contains("k3y"),
+            "{token}"
+        );
+        let long = job_of(&format!("/srv/{}", "deep/".repeat(40)), "main", "icyci");
+        assert_eq!(long.len(), 80, "{long}");
+    }
+
+    #[test]
+    fn masks_tokens_queries_and_remembered_secrets() {
+        assert_eq!(
+            mask_credentials("fatal: https://ghp_TOKEN123@github.com/x.git failed"),
+            "fatal: https://***@github.com/x.git failed"
+        );
+        assert_eq!(
+            mask_credentials("ssh://git@host/x and https://h/x.git?token=abcd&y=1 end"),
+            "ssh://git@host/x and https://h/x.git?*** end"
+        );
+        remember_secrets("git://u:pa55word-x@127.0.0.1:9/x.git");
+        assert_eq!(
+            mask_credentials("unable to connect to u:pa55word-x@127.0.0.1"),
+            "unable to connect to u:***@127.0.0.1"
+        );
+        assert_eq!(mask_credentials("no secret here"), "no secret here");
+    }
 
     #[test]
     fn masks_passwords_in_urls() {

@@ -360,6 +360,38 @@ fn source_fetch_failures_while_polling_are_retried() {
     stop(&mut daemon);
 }
 
+/// Tokens given as the whole user part (`https://<token>@host`, as many forges hand them out),
+/// in a query string, or in a `git://` URL's password, are masked too, also where git quotes
+/// the URL without its scheme, and stay out of the state directory's name.
+#[test]
+fn tokens_and_query_strings_are_masked_in_logs() {
+    let env = TestEnv::new();
+    env.set_var("ICYCI_LOG", "debug");
+    let port = free_port();
+    let source = format!("https://ghp-t0ken-in-user@127.0.0.1:{port}/x.git?auth=qu3ry-t0ken");
+    let results = format!("git://u:g1t-passw0rd@127.0.0.1:{port}/results.git");
+
+    let mut daemon = env.spawn_icyci(["-source-repo", &source, "-results-repo", &results]);
+    daemon.wait_for_stderr("attempt=2", QUICK);
+    stop(&mut daemon);
+
+    let log = daemon.stderr();
+    assert!(log.contains("https://***@127.0.0.1"), "{log}");
+    assert!(log.contains("clone failed: "), "{log}");
+    for line in log.lines().chain(daemon.stdout().lines()) {
+        for secret in ["ghp-t0ken-in-user", "qu3ry-t0ken", "g1t-passw0rd"] {
+            assert!(!line.contains(secret), "secret logged in clear: {line}");
+        }
+    }
+    for dir in env.state_dirs() {
+        let name = dir.to_string_lossy();
+        assert!(
+            !name.contains("t0ken"),
+            "a secret in the state directory's name: {name}"
+        );
+    }
+}
+
 #[test]
 fn credentials_are_masked_in_logs() {
     let env = TestEnv::new();
