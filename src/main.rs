@@ -35,7 +35,14 @@ fn main() -> ExitCode {
             println!("icyCI {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Ok(Invocation::Run(config)) => run(anchor_paths(*config)),
+        Ok(Invocation::Run(config)) => {
+            if let Err(reason) = check_absolute_script(&config) {
+                eprintln!("icyci: {reason}");
+                eprint!("{}", usage());
+                return ExitCode::from(USAGE_EXIT);
+            }
+            run(anchor_paths(*config))
+        }
         Err(err) => {
             eprintln!("icyci: {err}");
             eprint!("{}", usage());
@@ -53,6 +60,29 @@ fn run_subcommand(command: Command) -> ExitCode {
         Action::Site(args) => icyci::site::site(args),
         Action::Retest(args) => icyci::retest::retest(args),
     }
+}
+
+/// An absolute `-test-script` names a file outside the checkout: one that
+/// cannot run would fail every commit (and, in a shared namespace, mark
+/// commits failed that other instances would pass), so it is a
+/// configuration error. A relative one lives in the commit under test and
+/// is only known there.
+fn check_absolute_script(config: &JobConfig) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(script) = config.test_script.as_deref() else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(script);
+    if !path.is_absolute() {
+        return Ok(());
+    }
+    let problem = match std::fs::metadata(path) {
+        Err(err) => err.to_string(),
+        Ok(meta) if !meta.is_file() => "not a regular file".to_owned(),
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => "not executable".to_owned(),
+        Ok(_) => return Ok(()),
+    };
+    Err(format!("-test-script {script}: {problem}"))
 }
 
 /// Relative repository paths on the command line mean relative to where

@@ -446,6 +446,33 @@ fn invalid_branch_names_are_refused() {
     }
 }
 
+/// An absolute `-test-script` that cannot run would fail every commit: refused at start, with
+/// one line saying why, before anything is touched. (A relative one is looked for in each
+/// checkout, where a missing script is an ordinary failure of that commit.)
+#[test]
+fn an_absolute_test_script_that_cannot_run_is_refused() {
+    let Some(fx) = usage_fixture() else {
+        return;
+    };
+    let dir = fx.fx.env.path("scripts");
+    std::fs::create_dir_all(&dir).expect("mkdir scripts");
+    let plain = dir.join("plain.sh");
+    std::fs::write(&plain, "#!/bin/sh\n").expect("write a script without execute bits");
+    let missing = dir.join("missing.sh");
+    for (script, reason) in [
+        (&missing, "No such file or directory"),
+        (&dir, "not a regular file"),
+        (&plain, "not executable"),
+    ] {
+        let script = script.to_string_lossy();
+        let stderr = fx.usage_error(&fx.args(&["-once", "-test-script", &script]), reason);
+        assert!(
+            stderr.starts_with(&format!("icyci: -test-script {script}: ")),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn empty_values_are_refused() {
     let Some(fx) = usage_fixture() else {
