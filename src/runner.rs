@@ -12,6 +12,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Child;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -248,12 +249,16 @@ fn signal_group(group: Pid, signal: Signal) {
 
 /// Chunks of output waiting for the daemon's own stdout or stderr.
 const PASSTHROUGH_BACKLOG: usize = 16;
+/// How long a chunk waits for room in that queue before the passthrough
+/// is taken for stalled (and skipped until it has room again).
+const PASSTHROUGH_PATIENCE: Duration = Duration::from_millis(50);
 
 /// Copies `input` to `capture` and to `passthrough` (best effort), until
 /// the pipe closes or `stop` fires. The passthrough runs in a task of its
-/// own behind a bounded queue: a daemon stdout that is closed or read
-/// slowly (a stalled pipe, a paused terminal) drops passthrough output
-/// instead of stalling the capture, and with it the script. The pipe is
+/// own behind a bounded queue: a daemon stdout that is closed or stops
+/// being read (a stalled pipe, a paused terminal) drops passthrough output
+/// instead of stalling the capture, and with it the script; one that is
+/// only slower than the script holds the script back a little instead. The pipe is
 /// always read to its end, however much of it the capture keeps.
 async fn tee<R, W>(
     stream: &'static str,
@@ -269,6 +274,7 @@ async fn tee<R, W>(
     let forwarder = tokio::spawn(forward(backlog, passthrough));
     let mut buffer = vec![0u8; 64 * 1024];
     let mut dropped = 0usize;
+    let mut stalled = false;
     let mut save_failed = false;
     loop {
         let read = tokio::select! {
@@ -291,7 +297,22 @@ async fn tee<R, W>(
                 save_failed = true;
             }
         }
-        if queue.try_send(buffer[..read].to_vec()).is_err() {
+        // A full queue only means the passthrough is behind (its writes go
+        // through a thread of their own): wait for it a little, unless it
+        // already made us wait in vain, then drop until it takes up again.
+        let chunk = buffer[..read].to_vec();
+        let queued = match queue.try_send(chunk) {
+            Ok(()) => true,
+            Err(_) if stalled => false,
+            Err(TrySendError::Full(chunk)) => {
+                tokio::time::timeout(PASSTHROUGH_PATIENCE, queue.send(chunk))
+                    .await
+                    .is_ok_and(|sent| sent.is_ok())
+            }
+            Err(TrySendError::Closed(_)) => false,
+        };
+        stalled = !queued;
+        if !queued {
             if dropped == 0 {
                 warn!("icyci's own output is not being read; script output passthrough skipped");
             }
@@ -308,8 +329,10 @@ async fn tee<R, W>(
     }
     drop(queue);
     let _ = tokio::time::timeout(Duration::from_secs(1), forwarder).await;
-    if dropped > 0 {
-        warn!("{dropped} bytes of script output were not passed through (their capture for the notes is not affected)");
+    if dropped > 0 && save_failed {
+        warn!("{dropped} bytes of script {stream} were not passed through");
+    } else if dropped > 0 {
+        warn!("{dropped} bytes of script {stream} were not passed through (their capture for the notes is not affected)");
     }
 }
 

@@ -628,6 +628,15 @@ fn megabytes_of_non_utf8_output_are_stored_byte_for_byte() {
         "stdout note differs from the script's output"
     );
     assert_eq!(fx.note("output.stderr", &commit).as_deref(), Some(err));
+    // Passed through whole as well, to a stdout that is read (a file).
+    let passed = std::fs::read(daemon.stdout_path()).expect("the daemon's stdout");
+    assert!(
+        passed == big,
+        "passed through: {} of {} bytes\n{}",
+        passed.len(),
+        big.len(),
+        daemon.stderr()
+    );
 }
 
 #[test]
