@@ -964,6 +964,7 @@ impl Job {
         let push_tag = self.config.push_source_to_results && !self.same_repository;
         let entry = SpoolEntry {
             commit: claim.tip.commit.clone(),
+            namespace: Some(ns.as_str().to_owned()),
             passed,
             tag: claim.tip.tag.clone().filter(|_| push_tag),
             branch: claim.branch.clone(),
@@ -1183,6 +1184,16 @@ impl Job {
             .map_err(std::io::Error::other)??;
         for mut entry in entries {
             let commit = entry.commit.clone();
+            let ours = self.config.notes_ns.as_str();
+            if let Some(theirs) = entry.namespace.as_deref().filter(|ns| *ns != ours) {
+                // A state directory shared by two jobs: not ours to push.
+                warn!(
+                    commit = %commit,
+                    spool = %self.spool.dir().display(),
+                    "spooled results of namespace {theirs} left in the spool: this job publishes {ours}"
+                );
+                continue;
+            }
             let mut have_commit = self.has_object(&commit).await;
             if !have_commit {
                 // The branch was rewritten since: fetch the commit by id. If

@@ -7,6 +7,7 @@
 //! ```text
 //! meta            key: value lines, in this order:
 //!                   commit: <id>
+//!                   namespace: <notes namespace>              (absent in older entries)
 //!                   passed: true | false
 //!                   tag: <tag object id> <refs/tags/...>      (when pushed)
 //!                   branch: <name>                            (when pushed)
@@ -36,6 +37,9 @@ const TMP_PREFIX: &str = ".tmp-";
 pub struct SpoolEntry {
     /// The tested commit.
     pub commit: String,
+    /// The notes namespace the results belong to (`None`: an entry written
+    /// before it was recorded).
+    pub namespace: Option<String>,
     /// The verdict.
     pub passed: bool,
     /// The verified tag to push, if any.
@@ -84,7 +88,11 @@ impl Spool {
         remove_tree(&tmp)?;
         create_private_dir_all(&tmp.join("notes"))?;
 
-        let mut meta = format!("commit: {}\npassed: {}\n", entry.commit, entry.passed);
+        let mut meta = format!("commit: {}\n", entry.commit);
+        if let Some(namespace) = &entry.namespace {
+            meta.push_str(&format!("namespace: {namespace}\n"));
+        }
+        meta.push_str(&format!("passed: {}\n", entry.passed));
         if let Some(tag) = &entry.tag {
             meta.push_str(&format!("tag: {} {}\n", tag.object, tag.refname));
         }
@@ -168,6 +176,7 @@ fn read_entry(dir: &Path) -> io::Result<SpoolEntry> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
     let meta = fs::read_to_string(dir.join("meta"))?;
     let mut commit = None;
+    let mut namespace = None;
     let mut passed = None;
     let mut tag = None;
     let mut branch = None;
@@ -179,6 +188,7 @@ fn read_entry(dir: &Path) -> io::Result<SpoolEntry> {
             .ok_or_else(|| invalid("bad meta line"))?;
         match key {
             "commit" => commit = Some(value.to_owned()),
+            "namespace" => namespace = Some(value.to_owned()),
             "passed" => passed = Some(value == "true"),
             "tag" => {
                 let (object, refname) = value.split_once(' ').ok_or_else(|| invalid("bad tag"))?;
@@ -211,6 +221,7 @@ fn read_entry(dir: &Path) -> io::Result<SpoolEntry> {
     }
     Ok(SpoolEntry {
         commit,
+        namespace,
         passed: passed.ok_or_else(|| invalid("no verdict"))?,
         tag,
         branch: branch.map(|branch| BranchUpdate { branch, expected }),
@@ -257,6 +268,7 @@ mod tests {
         fs::write(&verdict, b"").expect("write");
         SpoolEntry {
             commit: COMMIT.to_owned(),
+            namespace: Some("icyci-x86".to_owned()),
             passed: false,
             tag: Some(VerifiedTag {
                 object: "f".repeat(40),
@@ -292,6 +304,7 @@ mod tests {
         assert_eq!(read.len(), 1);
         let read = &read[0];
         assert_eq!(read.commit, COMMIT);
+        assert_eq!(read.namespace.as_deref(), Some("icyci-x86"));
         assert!(!read.passed);
         assert_eq!(read.tag, written.tag);
         let branch = read.branch.as_ref().expect("branch");

@@ -64,7 +64,11 @@ impl Setup {
     }
 
     fn spawn(&self) -> Daemon {
-        self.env.spawn_icyci([
+        self.spawn_with(&[])
+    }
+
+    fn spawn_with(&self, extra: &[&str]) -> Daemon {
+        let mut args: Vec<String> = [
             "-source-repo",
             &self.source.to_string_lossy(),
             "-results-repo",
@@ -75,7 +79,12 @@ impl Setup {
             "200ms",
             "-state-dir",
             &self.state.to_string_lossy(),
-        ])
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        self.env.spawn_icyci(args)
     }
 
     fn spool(&self) -> PathBuf {
@@ -247,4 +256,37 @@ fn results_refused_by_a_hook_wait_in_the_spool_and_testing_goes_on() {
     assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
     daemon.signal("TERM");
     daemon.expect_exit(QUICK);
+}
+
+/// A state directory given to a job of another namespace: the spooled results of the first
+/// are left in the spool, with a warning, never pushed as the other namespace's.
+#[test]
+fn spooled_results_of_another_namespace_are_left_alone() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    let first = s.commit("first");
+    let mut daemon = s.spawn();
+    let away = s.spool_results_of(&mut daemon, &first);
+    daemon.kill();
+    fs::rename(&away, &s.results).expect("move the results back");
+
+    let mut other = s.spawn_with(&["-notes-ns", "other"]);
+    other.wait_for_stderr(
+        "spooled results of namespace icyci left in the spool",
+        QUICK,
+    );
+    assert!(
+        s.spool().join(&first).join("meta").exists(),
+        "still spooled"
+    );
+    assert_eq!(
+        s.env
+            .note_text(&s.results, "other", "result.passed", &first),
+        None,
+        "not published as the other namespace's"
+    );
+    other.signal("TERM");
+    other.expect_exit(QUICK);
 }
