@@ -119,6 +119,8 @@ enum LockAttempt {
     /// A lock note exists in local refs not fetched in this attempt: it may
     /// have been removed since (`icyci retest`); fetch before judging it.
     Unsure,
+    /// The remote refused the lock by its policy (a hook, a full disk).
+    Refused(String),
 }
 
 /// What the store knows of its local note refs.
@@ -361,6 +363,17 @@ impl NotesStore {
                     fetch_first = true;
                     Backoff::race_delay(races)
                 }
+                Ok(LockAttempt::Refused(reason)) => {
+                    let delay = backoff.next_delay();
+                    warn!(commit = %commit,
+                        attempt,
+                        retry_in = %format_duration(round_to_millis(delay)),
+                        "lock push refused by the remote: {reason}"
+                    );
+                    last = reason;
+                    fetch_first = true;
+                    delay
+                }
                 Err(err) => {
                     let delay = backoff.next_delay();
                     warn!(commit = %commit,
@@ -434,7 +447,10 @@ impl NotesStore {
                 info!(commit = %commit, "lock taken in {lock_ref}");
                 Ok(LockAttempt::Done(LockOutcome::Taken { branch_value }))
             }
-            Some(other) => Ok(LockAttempt::Raced(other.status.to_string())),
+            Some(other) if other.status.is_lost_race() => {
+                Ok(LockAttempt::Raced(other.status.to_string()))
+            }
+            Some(other) => Ok(LockAttempt::Refused(other.status.to_string())),
             None => Err(missing_push_status(&lock_ref)),
         }
     }
@@ -797,6 +813,12 @@ impl NotesStore {
         let mut statuses = parse_push_porcelain(&String::from_utf8_lossy(&output.stdout));
         // A refusing hook says why on stderr: keep that with the refusal.
         let said = remote_messages(&output.stderr);
+        if statuses.is_empty() || statuses.iter().any(|p| p.status != PushStatus::Accepted) {
+            // The local refs now hold note commits the remote does not
+            // have: whatever comes next must start from a fetch, never push
+            // them along with its own.
+            self.view().synced = false;
+        }
         if statuses.is_empty() {
             // Nothing reached the remote: unreachable, refused login, ...
             output.into_result()?;

@@ -290,3 +290,47 @@ fn spooled_results_of_another_namespace_are_left_alone() {
     other.signal("TERM");
     other.expect_exit(QUICK);
 }
+
+/// The results repository refuses, by a hook, the lock pushes of one commit (any lock ref that
+/// holds its note, unless it also holds the next commit's): that commit is given up after its
+/// lock attempts, and its refused lock note, left in the daemon's local refs, is never pushed
+/// along with the next commit's lock, which is taken and tested.
+#[test]
+fn a_lock_refused_by_a_hook_is_not_pushed_with_the_next_one() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    fs::write(&s.released, b"").expect("the script runs through");
+    let first = s.commit("refused");
+    let second = s.env.commit(&s.work, "after it", Sign::Gpg(s.fpr.clone()));
+    write_script(
+        s.results.join("hooks/pre-receive"),
+        &format!(
+            "while read old new ref; do\n\
+             \t[ \"$ref\" = refs/notes/icyci.locked ] || continue\n\
+             \tnotes=$(git ls-tree -r --name-only \"$new\" | tr -d /)\n\
+             \tif printf '%s\\n' \"$notes\" | grep -qx '{first}' &&\n\
+             \t   ! printf '%s\\n' \"$notes\" | grep -qx '{second}'; then\n\
+             \t\techo 'no lock for {first}' >&2\n\
+             \t\texit 1\n\
+             \tfi\n\
+             done\n\
+             exit 0\n"
+        ),
+    );
+    let mut daemon = s.spawn();
+    let log = daemon.wait_for_stderr("lock push refused by the remote", QUICK);
+    assert!(log.contains(&format!("no lock for {first}")), "{log}");
+    assert!(!log.contains("another instance pushed first"), "{log}");
+    s.env.push(&s.work, &s.source, &["main"]);
+    wait_passed(&s, &mut daemon, &second);
+    assert_eq!(
+        s.env.note_text(&s.results, "icyci", "locked", &first),
+        None,
+        "{}",
+        daemon.logs_for_humans()
+    );
+    daemon.signal("TERM");
+    daemon.expect_exit(QUICK);
+}
