@@ -114,17 +114,23 @@ fn process_table() -> Vec<ProcessEntry> {
 
 /// The processes below `root` that the script started at `script_start`
 /// left behind: each child of `root` started no earlier than the script,
-/// with all its descendants. Older children and their subtrees are spared.
+/// with all its descendants. Older children and their subtrees are spared,
+/// and so are the daemon's own git commands running now.
 pub fn script_leftovers(table: &[ProcessEntry], root: i32, script_start: u64) -> Vec<ProcessEntry> {
     let mut children: HashMap<i32, Vec<ProcessEntry>> = HashMap::new();
     for entry in table {
         children.entry(entry.parent).or_default().push(*entry);
     }
+    // The daemon's own git commands (a lease renewal) are not the script's.
+    let own: Vec<i32> = crate::git::running_git_pids()
+        .into_iter()
+        .filter_map(|pid| i32::try_from(pid).ok())
+        .collect();
     let mut found: Vec<ProcessEntry> = children
         .get(&root)
         .into_iter()
         .flatten()
-        .filter(|child| child.start >= script_start)
+        .filter(|child| child.start >= script_start && !own.contains(&child.pid))
         .copied()
         .collect();
     // /proc is not read atomically: a reused pid could make the parent

@@ -1386,7 +1386,18 @@ async fn renew_lease(
         if lost {
             continue;
         }
-        match store.renew(commit).await {
+        // A results repository that takes the connection and never answers
+        // must not hold up the renewals after this one: each gets until
+        // the next is due.
+        let Ok(renewed) = tokio::time::timeout(interval, store.renew(commit)).await else {
+            warn!(
+                commit = %commit,
+                "lease not renewed: the results repository gave no answer within {}; trying again",
+                format_duration(interval)
+            );
+            continue;
+        };
+        match renewed {
             Ok(RenewOutcome::Renewed(until)) => {
                 tracing::debug!(commit = %commit, "lease renewed until {}", crate::lease::format_unix(until));
             }

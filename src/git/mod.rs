@@ -235,6 +235,7 @@ impl GitCommand {
             command: command.clone(),
             source,
         })?;
+        let _running = child.id().map(Running::new);
         let pipe = child.stdin.take();
         let feed = async move {
             if let (Some(parts), Some(mut pipe)) = (self.stdin, pipe) {
@@ -320,6 +321,42 @@ impl GitCommand {
             });
         }
         command.spawn()
+    }
+}
+
+/// The daemon's own git processes now running (a lease renewal can be
+/// while the script runs), so that the sweep after a run does not take them
+/// for processes the script left behind.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// The pids of the daemon's git processes now running.
+pub fn running_git_pids() -> Vec<u32> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// Lists a git process in [`RUNNING`] while it lives, also when its future
+/// is dropped (a time limit), which kills it.
+struct Running(u32);
+
+impl Running {
+    fn new(pid: u32) -> Running {
+        RUNNING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(pid);
+        Running(pid)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = RUNNING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        running.retain(|pid| *pid != self.0);
     }
 }
 

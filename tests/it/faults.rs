@@ -819,6 +819,132 @@ fn a_source_that_never_answers_does_not_wedge_the_daemon() {
     assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
 }
 
+/// A TCP proxy on a free port of 127.0.0.1 to `target`: while [`SilentProxy::silence`] is on,
+/// new connections are taken and held open without an answer, for as long as the proxy lives
+/// (a remote that hangs one connection for good); otherwise they are passed on.
+struct SilentProxy {
+    port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentProxy {
+    fn start(target: u16) -> SilentProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("the proxy's address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let (silent, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (silent_flag, stopping) = (silent.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            // Bounded, whatever the test does: 5 minutes at most.
+            for _ in 0..30_000 {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if silent_flag.load(Ordering::Relaxed) {
+                    held.push(client);
+                    continue;
+                }
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        SilentProxy {
+            port,
+            silent,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn silence(&self, on: bool) {
+        self.silent.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for SilentProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// While the script runs, one lease renewal's connection to the results repository hangs for
+/// good: that renewal is given up when the next is due, the later ones go through, and the lease
+/// stays live to the end of the run (nobody could take the commit over).
+#[test]
+fn a_renewal_that_hangs_does_not_stop_the_later_ones() {
+    if !require_tool("gpg") || !require_tool("git-daemon") {
+        return;
+    }
+    let (mut w, server) = served_world();
+    let proxy = SilentProxy::start(server.port());
+    w.results_url = format!("git://127.0.0.1:{}/results.git", proxy.port);
+    fs::write(&w.hold, b"").expect("write the hold file");
+    let commit = w.signed_commit("a long run");
+    let mut daemon = w.spawn("icyci", false, &["-lock-lease", "4s"]);
+    wait_for("the script to start", QUICK, || {
+        assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+        !w.runs().is_empty()
+    });
+    proxy.silence(true);
+    wait_log(&mut daemon, &["lease not renewed", "gave no answer"], QUICK);
+    proxy.silence(false);
+    // Two lease lengths on, the lease is still live: renewed after the hang.
+    std::thread::sleep(Duration::from_secs(8));
+    let until = w.lease_until(&commit).expect("still locked");
+    assert!(
+        until > now(),
+        "lease ended at {until}\n{}",
+        daemon.logs_for_humans()
+    );
+    fs::remove_file(&w.hold).expect("release the script");
+    w.wait_passed(&mut daemon, &commit);
+    w.assert_complete(&commit);
+    assert_eq!(w.runs_of(&commit).len(), 1);
+    assert!(
+        !daemon.stderr().contains("left running"),
+        "the daemon's own git was taken for the script's\n{}",
+        daemon.logs_for_humans()
+    );
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.expect_exit(QUICK).code(),
+        Some(0),
+        "{}",
+        daemon.logs_for_humans()
+    );
+}
+
 // ---- the results remote stopped ----
 
 /// A world whose results repository is served by a `git daemon` on loopback.
