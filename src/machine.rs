@@ -1006,22 +1006,33 @@ impl Job {
         let publication = self.pending.as_mut().expect("push follows staged results");
         // Spooled results need not hold up the cycle: after a few failed
         // rounds they wait in the spool and the job goes on testing.
-        let limit = (self.pending_spooled && !self.config.once).then_some(IN_CYCLE_PUSH_FAILURES);
+        // With -once there is no later poll: it tries longer, then exits
+        // with the results in the spool for the next run.
+        let limit = match (self.pending_spooled, self.config.once) {
+            (false, _) => None,
+            (true, false) => Some(IN_CYCLE_PUSH_FAILURES),
+            (true, true) => Some(ONCE_PUSH_FAILURES),
+        };
         if let Err(err) = publish(&self.store, &self.source, publication, limit).await {
             if limit.is_none() {
                 return Err(err.into());
             }
             let publication = self.pending.take().expect("still staged");
             let commit = publication.tip.commit.clone();
+            let until = if self.config.once {
+                "the next run with this state directory delivers them"
+            } else {
+                "they are retried at each poll"
+            };
             warn!(
                 commit = %commit,
                 spool = %self.spool.dir().display(),
-                "results not pushed: {err}; they wait in the spool and are retried at each poll"
+                "results not pushed: {err}; they wait in the spool, {until}"
             );
             self.last_handled = Some(commit);
             self.backlog.push(publication);
             return Ok(Step::Cleanup {
-                once: None,
+                once: self.config.once.then_some(OnceResult::Error),
                 then_wait: self.config.poll_interval,
             });
         }
@@ -1353,6 +1364,9 @@ fn with_jitter(wait: Duration) -> Duration {
 
 /// Failed push rounds of spooled results before the cycle moves on.
 const IN_CYCLE_PUSH_FAILURES: u32 = 3;
+/// The same with `-once`, which then exits (status 4): some seconds of
+/// retries with the push's backoff, for a short outage.
+const ONCE_PUSH_FAILURES: u32 = 5;
 
 /// Delays between delivery attempts of the backlog.
 fn backlog_backoff() -> Backoff {

@@ -334,3 +334,42 @@ fn a_lock_refused_by_a_hook_is_not_pushed_with_the_next_one() {
     daemon.signal("TERM");
     daemon.expect_exit(QUICK);
 }
+
+/// With `-once`, results the results repository keeps refusing are tried a few rounds, then
+/// left in the spool, and icyci exits with status 4 (could not complete); a later run with the
+/// same state directory delivers them.
+#[test]
+fn once_with_results_refused_exits_4_and_the_next_run_delivers() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    fs::write(&s.released, b"").expect("the script runs through");
+    let refuse = s.env.path("refuse");
+    fs::write(&refuse, b"").expect("write the refuse file");
+    write_script(
+        s.results.join("hooks/pre-receive"),
+        &format!(
+            "if [ -e '{}' ] && grep -q 'refs/notes/icyci.result'; then echo frozen >&2; exit 1; fi\n",
+            refuse.display()
+        ),
+    );
+    let first = s.commit("first");
+    let mut once = s.spawn_with(&["-once"]);
+    let status = once.expect_exit(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(4), "{}", once.logs_for_humans());
+    assert!(
+        once.stderr().contains("they wait in the spool"),
+        "{}",
+        once.logs_for_humans()
+    );
+    assert!(s.spool().join(&first).join("meta").exists(), "spooled");
+
+    fs::remove_file(&refuse).expect("let pushes through");
+    let mut next = s.spawn_with(&["-once"]);
+    let status = next.expect_exit(Duration::from_secs(90));
+    assert!(s.passed(&first), "{}", next.logs_for_humans());
+    s.assert_delivered(&first);
+    // The tip was tested already: nothing else to do.
+    assert_eq!(status.code(), Some(3), "{}", next.logs_for_humans());
+}
