@@ -964,6 +964,7 @@ impl Job {
         let push_tag = self.config.push_source_to_results && !self.same_repository;
         let entry = SpoolEntry {
             commit: claim.tip.commit.clone(),
+            job: Some(crate::config::job_name(&self.config)),
             namespace: Some(ns.as_str().to_owned()),
             passed,
             tag: claim.tip.tag.clone().filter(|_| push_tag),
@@ -1202,6 +1203,15 @@ impl Job {
                     commit = %commit,
                     spool = %self.spool.dir().display(),
                     "spooled results of namespace {theirs} left in the spool: this job publishes {ours}"
+                );
+                continue;
+            }
+            let job = crate::config::job_name(&self.config);
+            if let Some(theirs) = entry.job.as_deref().filter(|theirs| *theirs != job) {
+                warn!(
+                    commit = %commit,
+                    spool = %self.spool.dir().display(),
+                    "spooled results of job {theirs} left in the spool: this is job {job} (another source or branch)"
                 );
                 continue;
             }

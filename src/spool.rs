@@ -7,6 +7,7 @@
 //! ```text
 //! meta            key: value lines, in this order:
 //!                   commit: <id>
+//!                   job: <job name>                           (absent in older entries)
 //!                   namespace: <notes namespace>              (absent in older entries)
 //!                   passed: true | false
 //!                   tag: <tag object id> <refs/tags/...>      (when pushed)
@@ -37,8 +38,10 @@ const TMP_PREFIX: &str = ".tmp-";
 pub struct SpoolEntry {
     /// The tested commit.
     pub commit: String,
-    /// The notes namespace the results belong to (`None`: an entry written
-    /// before it was recorded).
+    /// The job that wrote it ([`crate::config::job_name`]: source, branch
+    /// and namespace); `None` in entries written before it was recorded.
+    pub job: Option<String>,
+    /// The notes namespace the results belong to (`None`: likewise).
     pub namespace: Option<String>,
     /// The verdict.
     pub passed: bool,
@@ -89,6 +92,9 @@ impl Spool {
         create_private_dir_all(&tmp.join("notes"))?;
 
         let mut meta = format!("commit: {}\n", entry.commit);
+        if let Some(job) = &entry.job {
+            meta.push_str(&format!("job: {job}\n"));
+        }
         if let Some(namespace) = &entry.namespace {
             meta.push_str(&format!("namespace: {namespace}\n"));
         }
@@ -176,6 +182,7 @@ fn read_entry(dir: &Path) -> io::Result<SpoolEntry> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
     let meta = fs::read_to_string(dir.join("meta"))?;
     let mut commit = None;
+    let mut job = None;
     let mut namespace = None;
     let mut passed = None;
     let mut tag = None;
@@ -188,6 +195,7 @@ fn read_entry(dir: &Path) -> io::Result<SpoolEntry> {
             .ok_or_else(|| invalid("bad meta line"))?;
         match key {
             "commit" => commit = Some(value.to_owned()),
+            "job" => job = Some(value.to_owned()),
             "namespace" => namespace = Some(value.to_owned()),
             "passed" => passed = Some(value == "true"),
             "tag" => {
@@ -221,6 +229,7 @@ fn read_entry(dir: &Path) -> io::Result<SpoolEntry> {
     }
     Ok(SpoolEntry {
         commit,
+        job,
         namespace,
         passed: passed.ok_or_else(|| invalid("no verdict"))?,
         tag,
@@ -268,6 +277,7 @@ mod tests {
         fs::write(&verdict, b"").expect("write");
         SpoolEntry {
             commit: COMMIT.to_owned(),
+            job: Some("git_h_x.git@main@icyci-x86-0123456789ab".to_owned()),
             namespace: Some("icyci-x86".to_owned()),
             passed: false,
             tag: Some(VerifiedTag {
@@ -305,6 +315,7 @@ mod tests {
         let read = &read[0];
         assert_eq!(read.commit, COMMIT);
         assert_eq!(read.namespace.as_deref(), Some("icyci-x86"));
+        assert_eq!(read.job, written.job);
         assert!(!read.passed);
         assert_eq!(read.tag, written.tag);
         let branch = read.branch.as_ref().expect("branch");

@@ -373,3 +373,35 @@ fn once_with_results_refused_exits_4_and_the_next_run_delivers() {
     // The tip was tested already: nothing else to do.
     assert_eq!(status.code(), Some(3), "{}", next.logs_for_humans());
 }
+
+/// A state directory handed to a job of another source, in the same namespace: the spooled
+/// results of the first job are left in the spool, with a warning, never pushed for the other.
+#[test]
+fn spooled_results_of_another_source_are_left_alone() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    let first = s.commit("first");
+    let mut daemon = s.spawn();
+    let away = s.spool_results_of(&mut daemon, &first);
+    daemon.kill();
+    fs::rename(&away, &s.results).expect("move the results back");
+
+    let other_source = s.env.bare_repo("other-src.git");
+    s.env.push(&s.work, &other_source, &["main"]);
+    let mut other = s.spawn_with(&["-source-repo", &other_source.to_string_lossy()]);
+    other.wait_for_stderr("left in the spool: this is job", QUICK);
+    assert!(
+        s.spool().join(&first).join("meta").exists(),
+        "still spooled"
+    );
+    assert_eq!(
+        s.env
+            .note_text(&s.results, "icyci", "output.stdout", &first),
+        None,
+        "not delivered by the other job"
+    );
+    other.signal("TERM");
+    other.expect_exit(QUICK);
+}
