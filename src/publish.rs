@@ -53,6 +53,8 @@ pub struct Publication {
     annotate_missing: bool,
     branch: Option<BranchUpdate>,
     push_tag: bool,
+    /// Pushes of it the remote refused by its policy, across attempts.
+    policy_refusals: u32,
     /// The verdict, for `-once`'s exit status.
     pub passed: bool,
 }
@@ -93,6 +95,7 @@ impl Publication {
             annotate_missing: false,
             branch,
             push_tag,
+            policy_refusals: 0,
             passed,
         })
     }
@@ -130,6 +133,7 @@ impl Publication {
             annotate_missing: true,
             branch: None,
             push_tag: false,
+            policy_refusals: 0,
             passed,
         })
     }
@@ -192,7 +196,19 @@ pub async fn publish(
             // A remote that keeps refusing (a hook, a full disk, races that
             // never end) is not hammered, and counts as a failed round.
             Ok(Round::LostRace(reason) | Round::Refused(reason)) => {
-                let said = format!("refused by the remote: {reason}");
+                let mut said = format!("refused by the remote: {reason}");
+                if refused_by_policy(&reason) {
+                    publication.policy_refusals += 1;
+                }
+                let carried = publication.branch.is_some() || publication.push_tag;
+                if publication.policy_refusals >= 2 && carried {
+                    // A hook may refuse the branch (or the tag) and with it the
+                    // whole push: refused twice, the results go alone; the
+                    // branch moves with the next tested commit.
+                    publication.branch = None;
+                    publication.push_tag = false;
+                    said.push_str("; pushing the notes without the branch and tag next");
+                }
                 let err = GitError::Failed {
                     command: "git push".into(),
                     status: "refused by the results repository".into(),
@@ -220,6 +236,11 @@ pub async fn publish(
         needs_sync = true;
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Whether a refusal is the remote's policy rather than a lost race.
+fn refused_by_policy(reason: &str) -> bool {
+    reason.starts_with("[remote rejected]")
 }
 
 /// How one push round ended.

@@ -405,3 +405,32 @@ fn spooled_results_of_another_source_are_left_alone() {
     other.signal("TERM");
     other.expect_exit(QUICK);
 }
+
+/// A results repository whose hook refuses any push of a branch (and so the whole results push,
+/// which carries the tested branch): after two refusals the notes go alone and arrive; the
+/// branch is not pushed.
+#[test]
+fn a_hook_that_refuses_the_branch_does_not_keep_the_results_out() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup();
+    fs::write(&s.released, b"").expect("the script runs through");
+    write_script(
+        s.results.join("hooks/pre-receive"),
+        "if grep -q ' refs/heads/'; then echo 'no branches here' >&2; exit 1; fi\n",
+    );
+    let first = s.commit("first");
+    let mut daemon = s.spawn();
+    wait_passed(&s, &mut daemon, &first);
+    s.assert_delivered(&first);
+    let log = daemon.stderr();
+    assert!(log.contains("no branches here"), "{log}");
+    assert!(
+        log.contains("pushing the notes without the branch and tag"),
+        "{log}"
+    );
+    assert_eq!(s.env.git(&s.results, ["for-each-ref", "refs/heads/"]), "");
+    daemon.signal("TERM");
+    daemon.expect_exit(QUICK);
+}
