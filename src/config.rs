@@ -195,7 +195,8 @@ static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new
 const MIN_SECRET_LEN: usize = 4;
 
 /// Remembers the secrets of `url` for [`mask_credentials`]: its password,
-/// an `http(s)` user name standing alone (a token), its query string.
+/// an `http(s)` user name standing alone (a token), its query string or
+/// fragment.
 pub fn remember_secrets(url: &str) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return;
@@ -210,7 +211,7 @@ pub fn remember_secrets(url: &str) {
             None => {}
         }
     }
-    if let Some((_, query)) = path.split_once('?') {
+    if let Some((_, query)) = path.split_once(['?', '#']) {
         found.push(query);
     }
     let mut secrets = SECRETS
@@ -231,7 +232,8 @@ fn is_web(scheme: &str) -> bool {
 /// `scheme://user:password@host` (the user name stays, so an operator can
 /// tell which account was used), a user name standing alone in an
 /// `http(s)` URL (a token, as in `https://<token>@host`), every URL's query
-/// string, and anywhere else the secrets [`remember_secrets`] was given.
+/// string or fragment, and anywhere else the secrets [`remember_secrets`]
+/// was given.
 pub fn mask_credentials(text: &str) -> Cow<'_, str> {
     let secrets = SECRETS
         .read()
@@ -253,7 +255,7 @@ pub fn mask_credentials(text: &str) -> Cow<'_, str> {
             .map_or(0, |(i, c)| i + c.len_utf8());
         let scheme = &head[scheme_start..start];
         let mut authority_end = tail
-            .find(|c: char| c == '/' || c == '?' || ends_url(c))
+            .find(|c: char| c == '/' || c == '?' || c == '#' || ends_url(c))
             .unwrap_or(tail.len());
         // In `http://a,https://u:p@h` the next URL's scheme is glued to this
         // authority: stop before its `:` so that its `://` is still found.
@@ -277,12 +279,12 @@ pub fn mask_credentials(text: &str) -> Cow<'_, str> {
             None => masked.push_str(authority),
         }
         rest = &tail[authority_end..];
-        // The query string, up to the end of the URL.
+        // The query string or fragment, up to the end of the URL.
         let url_end = rest.find(ends_url).unwrap_or(rest.len());
-        if let Some(query) = rest[..url_end].find('?') {
+        if let Some(query) = rest[..url_end].find(['?', '#']) {
             if !rest[..query].contains("://") {
-                masked.push_str(&rest[..query]);
-                masked.push_str("?***");
+                masked.push_str(&rest[..=query]);
+                masked.push_str("***");
                 rest = &rest[url_end..];
             }
         }
@@ -522,6 +524,7 @@ mod tests {
             "unable to connect to u:***@127.0.0.1"
         );
         assert_eq!(mask_credentials("no secret here"), "no secret here");
+        assert_eq!(mask_credentials("https://h/x#k=fr4g"), "https://h/x#***");
     }
 
     #[test]
