@@ -91,6 +91,28 @@ impl Setup {
         self.state.join("spool")
     }
 
+    /// A first commit tested by a daemon that spooled its results (the
+    /// results repository away) and was killed; the repository is back.
+    fn spooled_by_a_killed_daemon(&self) -> String {
+        let first = self.commit("first");
+        let mut daemon = self.spawn();
+        let away = self.spool_results_of(&mut daemon, &first);
+        daemon.kill();
+        fs::rename(&away, &self.results).expect("move the results back");
+        first
+    }
+
+    /// Lets every run of the gated script go through at once.
+    fn ungated(self) -> Setup {
+        fs::write(&self.released, b"").expect("the script runs through");
+        self
+    }
+
+    /// Installs `body` as the results repository's `pre-receive` hook.
+    fn hook(&self, body: &str) {
+        write_script(self.results.join("hooks/pre-receive"), body);
+    }
+
     /// Runs the gated script on `commit` with the results repository away
     /// until the results are spooled; returns where the repository went.
     fn spool_results_of(&self, daemon: &mut Daemon, commit: &str) -> PathBuf {
@@ -213,21 +235,17 @@ fn results_refused_by_a_hook_wait_in_the_spool_and_testing_goes_on() {
     if !require_tool("gpg") {
         return;
     }
-    let s = setup();
-    fs::write(&s.released, b"").expect("the script runs through");
+    let s = setup().ungated();
     let refuse = s.env.path("refuse");
     fs::write(&refuse, b"").expect("write the refuse file");
-    write_script(
-        s.results.join("hooks/pre-receive"),
-        &format!(
-            "if [ -e '{}' ] && grep -q 'refs/notes/icyci.result'; then\n\
+    s.hook(&format!(
+        "if [ -e '{}' ] && grep -q 'refs/notes/icyci.result'; then\n\
              \techo 'results are frozen for maintenance' >&2\n\
              \texit 1\n\
              fi\n\
              exit 0\n",
-            refuse.display()
-        ),
-    );
+        refuse.display()
+    ));
     let first = s.commit("first");
     let mut daemon = s.spawn();
     let log = daemon.wait_for_stderr("they wait in the spool", QUICK);
@@ -266,11 +284,7 @@ fn spooled_results_of_another_namespace_are_left_alone() {
         return;
     }
     let s = setup();
-    let first = s.commit("first");
-    let mut daemon = s.spawn();
-    let away = s.spool_results_of(&mut daemon, &first);
-    daemon.kill();
-    fs::rename(&away, &s.results).expect("move the results back");
+    let first = s.spooled_by_a_killed_daemon();
 
     let mut other = s.spawn_with(&["-notes-ns", "other"]);
     other.wait_for_stderr(
@@ -300,14 +314,11 @@ fn a_lock_refused_by_a_hook_is_not_pushed_with_the_next_one() {
     if !require_tool("gpg") {
         return;
     }
-    let s = setup();
-    fs::write(&s.released, b"").expect("the script runs through");
+    let s = setup().ungated();
     let first = s.commit("refused");
     let second = s.env.commit(&s.work, "after it", Sign::Gpg(s.fpr.clone()));
-    write_script(
-        s.results.join("hooks/pre-receive"),
-        &format!(
-            "while read old new ref; do\n\
+    s.hook(&format!(
+        "while read old new ref; do\n\
              \t[ \"$ref\" = refs/notes/icyci.locked ] || continue\n\
              \tnotes=$(git ls-tree -r --name-only \"$new\" | tr -d /)\n\
              \tif printf '%s\\n' \"$notes\" | grep -qx '{first}' &&\n\
@@ -317,8 +328,7 @@ fn a_lock_refused_by_a_hook_is_not_pushed_with_the_next_one() {
              \tfi\n\
              done\n\
              exit 0\n"
-        ),
-    );
+    ));
     let mut daemon = s.spawn();
     let log = daemon.wait_for_stderr("lock push refused by the remote", QUICK);
     assert!(log.contains(&format!("no lock for {first}")), "{log}");
@@ -343,17 +353,13 @@ fn once_with_results_refused_exits_4_and_the_next_run_delivers() {
     if !require_tool("gpg") {
         return;
     }
-    let s = setup();
-    fs::write(&s.released, b"").expect("the script runs through");
+    let s = setup().ungated();
     let refuse = s.env.path("refuse");
     fs::write(&refuse, b"").expect("write the refuse file");
-    write_script(
-        s.results.join("hooks/pre-receive"),
-        &format!(
-            "if [ -e '{}' ] && grep -q 'refs/notes/icyci.result'; then echo frozen >&2; exit 1; fi\n",
-            refuse.display()
-        ),
-    );
+    s.hook(&format!(
+        "if [ -e '{}' ] && grep -q 'refs/notes/icyci.result'; then echo frozen >&2; exit 1; fi\n",
+        refuse.display()
+    ));
     let first = s.commit("first");
     let mut once = s.spawn_with(&["-once"]);
     let status = once.expect_exit(Duration::from_secs(90));
@@ -382,11 +388,7 @@ fn spooled_results_of_another_source_are_left_alone() {
         return;
     }
     let s = setup();
-    let first = s.commit("first");
-    let mut daemon = s.spawn();
-    let away = s.spool_results_of(&mut daemon, &first);
-    daemon.kill();
-    fs::rename(&away, &s.results).expect("move the results back");
+    let first = s.spooled_by_a_killed_daemon();
 
     let other_source = s.env.bare_repo("other-src.git");
     s.env.push(&s.work, &other_source, &["main"]);
@@ -414,12 +416,8 @@ fn a_hook_that_refuses_the_branch_does_not_keep_the_results_out() {
     if !require_tool("gpg") {
         return;
     }
-    let s = setup();
-    fs::write(&s.released, b"").expect("the script runs through");
-    write_script(
-        s.results.join("hooks/pre-receive"),
-        "if grep -q ' refs/heads/'; then echo 'no branches here' >&2; exit 1; fi\n",
-    );
+    let s = setup().ungated();
+    s.hook("if grep -q ' refs/heads/'; then echo 'no branches here' >&2; exit 1; fi\n");
     let first = s.commit("first");
     let mut daemon = s.spawn();
     wait_passed(&s, &mut daemon, &first);
