@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    free_port, require_tool, wait_for, write_script, Daemon, GitDaemon, Sign, Sshd, TagKind,
-    TestEnv,
+    free_port, require_tool, wait_for, write_script, Daemon, GitDaemon, PortHold, Sign, Sshd,
+    TagKind, TestEnv,
 };
 use crate::verify::ref_value;
 
@@ -129,8 +129,8 @@ fn unreachable_source_at_start_is_retried() {
     let commit = env.commit(&work, "reachable later", Sign::Gpg(fpr));
     env.push(&work, &source, &["main"]);
     let script = tip_script(&env);
-    // Nothing listens on the port yet.
-    let port = free_port();
+    // Nothing listens on the port yet; it is held (connections refused) until the server starts.
+    let (port, _hold) = PortHold::free();
     let url = format!("git://127.0.0.1:{port}/src.git");
 
     let started = Instant::now();

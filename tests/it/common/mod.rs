@@ -18,7 +18,7 @@ mod servers;
 
 pub use daemon::{descendants, parent_pid, process_alive, Daemon};
 pub use repo::{Sign, TagKind};
-pub use servers::{free_port, GitDaemon, Sshd};
+pub use servers::{free_port, GitDaemon, PortHold, Sshd};
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};

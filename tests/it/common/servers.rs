@@ -22,6 +22,44 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0 to find a free port")
 }
 
+/// A socket bound to a port of 127.0.0.1 (with `SO_REUSEADDR`) that never listens: a
+/// connection to the port is refused, as by a stopped server, but no other process (another
+/// test's outgoing connection, a `free_port` of a test running beside) can be given the port
+/// meanwhile. A server started later on the port binds beside it (it sets `SO_REUSEADDR` too:
+/// `git daemon --reuseaddr`, std's `TcpListener`).
+pub struct PortHold {
+    _socket: std::os::fd::OwnedFd,
+}
+
+impl PortHold {
+    /// Holds `port`; `None` when it is already taken.
+    pub fn bind(port: u16) -> Option<PortHold> {
+        use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let socket = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .ok()?;
+        socket::setsockopt(&socket, sockopt::ReuseAddr, &true).ok()?;
+        let addr = SockaddrIn::new(127, 0, 0, 1, port);
+        socket::bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &addr).ok()?;
+        Some(PortHold { _socket: socket })
+    }
+
+    /// A port that was free, held until the hold is dropped.
+    pub fn free() -> (u16, PortHold) {
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            if let Some(hold) = PortHold::bind(port) {
+                return (port, hold);
+            }
+        }
+        panic!("no free port of 127.0.0.1 could be held");
+    }
+}
+
 /// A running server process, killed and reaped on drop.
 struct Server {
     child: Option<Child>,
@@ -108,6 +146,8 @@ pub struct GitDaemon {
     server: Server,
     port: u16,
     base: PathBuf,
+    /// Once stopped, its port is held so that it can be started again on it.
+    hold: Option<PortHold>,
 }
 
 impl GitDaemon {
@@ -146,7 +186,12 @@ impl GitDaemon {
             .arg(&base);
         let mut server = Server::spawn(env, cmd, "git-daemon");
         server.wait_ready("git daemon", port, |_| true)?;
-        Ok(GitDaemon { server, port, base })
+        Ok(GitDaemon {
+            server,
+            port,
+            base,
+            hold: None,
+        })
     }
 
     /// The port it listens on.
@@ -169,9 +214,13 @@ impl GitDaemon {
     }
 
     /// Kills the server and reaps it (also done on drop). Connections being served finish on
-    /// their own.
+    /// their own. The port stays held (connections refused) until this value is dropped, so
+    /// that [`GitDaemon::start_on_port`] can start a server on it again.
     pub fn stop(&mut self) {
         self.server.stop();
+        if self.hold.is_none() {
+            self.hold = PortHold::bind(self.port);
+        }
     }
 
     /// The server's log file.
