@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         .first()
         .is_some_and(|first| SUBCOMMANDS.contains(&first.as_str()))
     {
-        return run_subcommand(Command::parse_from(std::env::args()));
+        return match Command::try_parse_from(std::env::args()) {
+            Ok(command) => run_subcommand(command),
+            Err(err) => subcommand_usage_error(&args[0], err),
+        };
     }
     match parse_args(args) {
         Ok(Invocation::Help) => {
@@ -60,6 +63,33 @@ fn run_subcommand(command: Command) -> ExitCode {
         Action::Site(args) => icyci::site::site(args),
         Action::Retest(args) => icyci::retest::retest(args),
     }
+}
+
+/// A subcommand's usage error as one line `icyci <command>: <reason>` and
+/// exit status 2, as every other error of the subcommands; `--help` and
+/// `--version` are printed whole by clap.
+fn subcommand_usage_error(command: &str, err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    // clap's message is a first paragraph (the reason, perhaps over a few
+    // lines), then tips and the usage.
+    let rendered = err.render().to_string();
+    let reason: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let reason = reason.join(" ");
+    let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
+    eprintln!("icyci {command}: {reason} (see icyci {command} --help)");
+    ExitCode::from(USAGE_EXIT)
 }
 
 /// An absolute `-test-script` names a file outside the checkout: one that

@@ -46,6 +46,13 @@ pub enum ViewerError {
         /// The results repository.
         place: String,
     },
+    /// The repository holds no results of any namespace: nothing was
+    /// tested there yet, or the results are elsewhere.
+    #[error("no results notes in {place}: nothing is tested there yet, or the results are in another repository ({NO_RESULTS_HINT})")]
+    NoResults {
+        /// The results repository.
+        place: String,
+    },
     /// `--note` names a note that is not on the commit.
     #[error("no note {name:?} on {commit}{}", in_namespaces(.namespaces))]
     NoNote {
@@ -88,6 +95,7 @@ impl ViewerError {
             ViewerError::Source(source) => source.is_bad_input(),
             ViewerError::UnknownCommit(_)
             | ViewerError::NoNamespace { .. }
+            | ViewerError::NoResults { .. }
             | ViewerError::NoNote { .. }
             | ViewerError::AmbiguousNote { .. }
             | ViewerError::InvalidNoteName(_) => true,
@@ -216,12 +224,19 @@ async fn resolve_commit(git: &Git, spec: &str) -> Result<ResolvedCommit, ViewerE
     }
 }
 
+/// Where to look when a repository has no results notes.
+const NO_RESULTS_HINT: &str =
+    "read them with --repo URL or --remote NAME, or fetch 'refs/notes/*:refs/notes/*'";
+
 /// The namespaces matching `glob`; an error when `glob` is given and none
-/// matches, so that a typo in `--ns` does not read as "untested".
+/// matches, so that a typo in `--ns` does not read as "untested". With no
+/// `glob` and no namespace at all, `command` (`results`, `show`) still
+/// answers, with one warning line: the notes were perhaps never fetched.
 async fn select_namespaces(
     reader: &ResultsReader,
     glob: Option<&str>,
     place: &str,
+    command: &str,
 ) -> Result<Vec<Namespace>, ViewerError> {
     let namespaces = reader.namespaces(glob).await?;
     match glob {
@@ -229,6 +244,13 @@ async fn select_namespaces(
             glob: glob.to_owned(),
             place: place.to_owned(),
         }),
+        None if namespaces.is_empty() => {
+            report(
+                command,
+                &format!("warning: no results notes in {place} ({NO_RESULTS_HINT})"),
+            );
+            Ok(namespaces)
+        }
         _ => Ok(namespaces),
     }
 }

@@ -44,7 +44,8 @@ struct Row {
 pub(super) async fn run(args: ResultsArgs) -> Result<ExitCode, ViewerError> {
     let source = source::open(&args.repo, args.branch.as_deref()).await?;
     let reader = &source.reader;
-    let namespaces = select_namespaces(reader, args.ns.as_deref(), &source.label).await?;
+    let namespaces =
+        select_namespaces(reader, args.ns.as_deref(), &source.label, "results").await?;
     let names: Vec<String> = namespaces.into_iter().map(|ns| ns.name).collect();
 
     let commits = reader.commits(&source.rev, args.count).await?;

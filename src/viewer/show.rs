@@ -30,7 +30,7 @@ pub(super) async fn run(args: ShowArgs) -> Result<ExitCode, ViewerError> {
     let source = source::open_repository(&args.repo).await?;
     let reader = &source.reader;
     let commit = resolve_commit(reader.git(), &args.commit).await?;
-    let namespaces = select_namespaces(reader, args.ns.as_deref(), &source.label).await?;
+    let namespaces = select_namespaces(reader, args.ns.as_deref(), &source.label, "show").await?;
     if let Some(note) = &args.note {
         if !is_valid_full_refname(&format!("refs/notes/icyci.{note}")) {
             return Err(ViewerError::InvalidNoteName(note.clone()));

@@ -148,7 +148,11 @@ fn is_local_path(location: &str) -> bool {
 /// A repository on disk, read in place.
 async fn open_local(path: &Path, wanted: Wanted<'_>) -> Result<ResultsSource, SourceError> {
     let git = Git::new(path);
-    let label = path.display().to_string();
+    // Messages name the directory, not ".".
+    let label = std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string();
     ensure_repository(&git, &label).await?;
     let rev = choose_rev(&git, wanted, "refs/heads/", &label).await?;
     Ok(ResultsSource {

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use super::{resolve_commit, select_namespaces, source, state_note_names, ViewerError};
+use super::{resolve_commit, source, state_note_names, ViewerError};
 use crate::commands::StatusArgs;
 use crate::reader::CommitState;
 
@@ -22,7 +22,21 @@ pub(super) async fn run(args: StatusArgs) -> Result<ExitCode, ViewerError> {
     let source = source::open_repository(&args.repo).await?;
     let reader = &source.reader;
     let commit = resolve_commit(reader.git(), &args.commit).await?;
-    let namespaces = select_namespaces(reader, args.ns.as_deref(), &source.label).await?;
+    // No namespace at all is an error here, not "untested": a script
+    // waiting for 0 or 1 on a clone whose notes were never fetched would
+    // wait forever.
+    let namespaces = reader.namespaces(args.ns.as_deref()).await?;
+    if namespaces.is_empty() {
+        return Err(match args.ns {
+            Some(glob) => ViewerError::NoNamespace {
+                glob,
+                place: source.label,
+            },
+            None => ViewerError::NoResults {
+                place: source.label,
+            },
+        });
+    }
     let names = state_note_names(namespaces.iter().map(|ns| ns.name.as_str()));
     let index = reader
         .index(std::slice::from_ref(&commit.id), &names)
@@ -38,12 +52,11 @@ pub(super) async fn run(args: StatusArgs) -> Result<ExitCode, ViewerError> {
     Ok(exit_for(&states))
 }
 
-/// Failed anywhere wins; then anything not passed; no namespace at all
-/// means nothing was tested yet.
+/// Failed anywhere wins; then anything not passed.
 fn exit_for(states: &[CommitState]) -> ExitCode {
     if states.contains(&CommitState::Failed) {
         ExitCode::from(FAILED_EXIT)
-    } else if states.is_empty() || states.iter().any(|s| *s != CommitState::Passed) {
+    } else if states.iter().any(|s| *s != CommitState::Passed) {
         ExitCode::from(PENDING_EXIT)
     } else {
         ExitCode::SUCCESS
@@ -61,6 +74,5 @@ mod tests {
         assert_eq!(exit_for(&[Passed, Failed, Running]), ExitCode::from(1));
         assert_eq!(exit_for(&[Passed, Running]), ExitCode::from(8));
         assert_eq!(exit_for(&[Untested]), ExitCode::from(8));
-        assert_eq!(exit_for(&[]), ExitCode::from(8));
     }
 }

@@ -589,6 +589,13 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
     }
     let out = r.icyci(&["results", "--ns", "nosuch"]);
     assert_error(&out, "results", 2, "\"nosuch\"");
+    // clap's usage errors too are one line.
+    let out = r.icyci(&["show", "HEAD", "--output", "x"]);
+    assert_error(&out, "show", 2, "--note");
+    let out = r.icyci(&["results", "-n", "many"]);
+    assert_error(&out, "results", 2, "'many'");
+    let out = icyci(env, env.root(), &["retest", "--bogus"]);
+    assert_error(&out, "retest", 2, "--bogus");
     let out = r.icyci(&["results", "--branch", "nosuch"]);
     assert_error(&out, "results", 2, "no branch \"nosuch\"");
     let out = icyci(env, &r.fx.results, &["results", "--remote", "nosuch"]);
@@ -616,6 +623,53 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
         cache_entries(&env.path("cache")).is_empty(),
         "an unreachable URL left a cache"
     );
+}
+
+/// A clone whose notes were never fetched (or any repository with no results notes): `status`
+/// cannot answer (2, one line saying where to read instead), so a script waiting for 0 or 1
+/// does not wait forever; `results` and `show` still answer, with one warning line naming the
+/// directory.
+#[test]
+fn a_repository_without_results_notes_says_so() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let r = Results::build();
+    let env = r.env();
+    let clone = env.path("plain-clone");
+    env.git(
+        env.root(),
+        ["clone", "-q", &r.repo(), &clone.to_string_lossy()],
+    );
+
+    let out = icyci(env, &clone, &["status", "HEAD"]);
+    assert_error(&out, "status", 2, "no results notes in ");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--remote"), "{}", describe(&out));
+    assert!(
+        stderr.contains(&*clone.to_string_lossy()),
+        "the directory is named, not \".\"\n{}",
+        describe(&out)
+    );
+
+    for args in [&["results"][..], &["show", "HEAD"][..]] {
+        let out = icyci(env, &clone, args);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{}", describe(&out));
+        assert!(
+            stderr.starts_with(&format!("icyci {}: warning: no results notes in ", args[0])),
+            "{}",
+            describe(&out)
+        );
+    }
+    // Once the notes are there, the same question is answered.
+    env.git(
+        &clone,
+        ["fetch", "-q", "origin", "refs/notes/*:refs/notes/*"],
+    );
+    let out = icyci(env, &clone, &["status", &r.third]);
+    assert_ne!(status_code(&out), Some(2));
 }
 
 /// With more than 256 notes, git spreads a notes tree over `ab/cdef…` directories; states
