@@ -27,6 +27,9 @@ pub enum ConfigError {
     /// The notes namespace would not form valid ref names.
     #[error("invalid notes namespace {0:?}: refs/notes/{0}.locked is not a valid ref name")]
     NotesNamespace(String),
+    /// A note ref of the namespace would not fit in a file name.
+    #[error("invalid notes namespace {0:?}: too long for git's ref files (at most {max} bytes in its last '/' part)", max = MAX_NAMESPACE_COMPONENT)]
+    NotesNamespaceTooLong(String),
     /// A repository URL is empty or looks like an option.
     #[error("invalid repository {0:?}: {1}")]
     Repository(String, &'static str),
@@ -46,6 +49,15 @@ pub enum ConfigError {
     #[error("invalid trusted signers file: empty path")]
     EmptyTrustedSigners,
 }
+
+/// The longest file name of a ref git writes, `<name>.lock` included
+/// (`NAME_MAX` of Linux file systems).
+const MAX_REF_FILE_NAME: usize = 255;
+
+/// The longest last part of a namespace: `<part>.full-output.stdout.lock`,
+/// icyci's longest note ref while it is locked, must fit in a file name.
+const MAX_NAMESPACE_COMPONENT: usize =
+    MAX_REF_FILE_NAME - ".full-output.stdout".len() - ".lock".len();
 
 /// A branch name that git accepts and that cannot be mistaken for an option.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,11 +102,32 @@ impl NotesNamespace {
         let valid = !namespace.is_empty()
             && !namespace.starts_with('-')
             && is_valid_full_refname(&format!("refs/notes/{namespace}.locked"));
-        if valid {
-            Ok(NotesNamespace(namespace.to_owned()))
-        } else {
-            Err(ConfigError::NotesNamespace(namespace.to_owned()))
+        if !valid {
+            return Err(ConfigError::NotesNamespace(namespace.to_owned()));
         }
+        let last = namespace.rsplit('/').next().unwrap_or(namespace);
+        if last.len() > MAX_NAMESPACE_COMPONENT {
+            return Err(ConfigError::NotesNamespaceTooLong(namespace.to_owned()));
+        }
+        Ok(NotesNamespace(namespace.to_owned()))
+    }
+
+    /// Why `refs/notes/<namespace>.<name>` cannot be a note ref git
+    /// writes, if it cannot: not a valid ref name, a name that would nest
+    /// (`/`), or a ref file name (with `.lock`) longer than file systems
+    /// take, which git fails on only when it writes the ref.
+    pub fn unusable_note_name(&self, name: &str) -> Option<&'static str> {
+        if name.contains('/') {
+            return Some("the name contains '/'");
+        }
+        if !is_valid_full_refname(&self.note_ref(name)) {
+            return Some("the name does not form a valid git ref name");
+        }
+        let last = self.0.rsplit('/').next().unwrap_or(&self.0);
+        if last.len() + 1 + name.len() + ".lock".len() > MAX_REF_FILE_NAME {
+            return Some("the name is too long for a ref file (255 bytes with the namespace)");
+        }
+        None
     }
 
     /// The prefix as given, e.g. `icyci`.
@@ -574,6 +607,11 @@ mod tests {
         assert!(NotesNamespace::new("").is_err());
         assert!(NotesNamespace::new("a b").is_err());
         assert!(NotesNamespace::new("x*").is_err());
+        // `<ns>.full-output.stdout.lock` must fit in a 255-byte file name.
+        assert!(NotesNamespace::new(&"a".repeat(231)).is_ok());
+        let too_long = NotesNamespace::new(&"a".repeat(232)).expect_err("too long");
+        assert!(too_long.to_string().contains("too long"), "{too_long}");
+        assert!(NotesNamespace::new(&format!("team/{}", "a".repeat(231))).is_ok());
         let ns = NotesNamespace::new("icyci").expect("valid");
         assert_eq!(
             ns.note_ref("result.passed"),

@@ -435,7 +435,7 @@ impl Job {
         error!(
             commit = %claim.tip.commit,
             "giving up on this commit after {MAX_RUN_ATTEMPTS} attempts to run it and record its \
-             results; its lock is released"
+             results; releasing its lock"
         );
         self.held = None;
         self.run_attempts = 0;
@@ -797,8 +797,16 @@ impl Job {
     }
 
     async fn release(&mut self, claim: Claim) -> Result<Step, StepError> {
-        self.store.unlock(&claim.tip.commit).await?;
-        info!(commit = %claim.tip.commit, "lock released");
+        // Not retried: the lock's lease ends it anyway (an original-format
+        // lock cannot be ours: this daemon writes leases).
+        match self.store.unlock(&claim.tip.commit).await {
+            Ok(()) => info!(commit = %claim.tip.commit, "lock released"),
+            Err(err) => warn!(
+                commit = %claim.tip.commit,
+                "lock not released ({err}); it stays until its lease ends, when another instance \
+                 may take the commit over"
+            ),
+        }
         Ok(Step::Cleanup {
             once: Some(OnceResult::Error),
             then_wait: self.config.poll_interval,
@@ -1215,6 +1223,17 @@ impl Job {
                 );
                 continue;
             }
+            // A name git cannot write (an entry of an older icyci, or
+            // edited) would fail every push of the entry: that note stays
+            // behind, the verdict and outputs go.
+            let namespace = &self.config.notes_ns;
+            entry.notes.retain(|note| match namespace.unusable_note_name(&note.name) {
+                None => true,
+                Some(reason) => {
+                    warn!(commit = %commit, note = %note.name, "spooled note not published: {reason}");
+                    false
+                }
+            });
             let mut have_commit = self.has_object(&commit).await;
             if !have_commit {
                 // The branch was rewritten since: fetch the commit by id. If

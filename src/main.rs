@@ -39,7 +39,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Invocation::Run(config)) => {
-            if let Err(reason) = check_absolute_script(&config) {
+            if let Err(reason) =
+                check_absolute_script(&config).and_then(|()| check_source_reference(&config))
+            {
                 eprintln!("icyci: {reason}");
                 eprint!("{}", usage());
                 return ExitCode::from(USAGE_EXIT);
@@ -90,6 +92,22 @@ fn subcommand_usage_error(command: &str, err: clap::Error) -> ExitCode {
     let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
     eprintln!("icyci {command}: {reason} (see icyci {command} --help)");
     ExitCode::from(USAGE_EXIT)
+}
+
+/// `-source-reference` is a local repository `git clone --reference`
+/// borrows objects from: one that is not there would fail every clone, so
+/// it is a configuration error, found before anything starts.
+fn check_source_reference(config: &JobConfig) -> Result<(), String> {
+    let Some(reference) = config.source_reference.as_deref() else {
+        return Ok(());
+    };
+    match std::fs::metadata(reference) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "-source-reference {reference}: not a directory (a local git repository is needed)"
+        )),
+        Err(err) => Err(format!("-source-reference {reference}: {err}")),
+    }
 }
 
 /// An absolute `-test-script` names a file outside the checkout: one that

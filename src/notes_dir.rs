@@ -20,7 +20,6 @@ use nix::sys::stat::{fstat, Mode, SFlag};
 use tracing::warn;
 
 use crate::config::NotesNamespace;
-use crate::git::is_valid_full_refname;
 
 /// At most this many extra notes are taken from one run.
 pub const MAX_EXTRA_NOTES: usize = 1024;
@@ -37,6 +36,19 @@ pub struct ExtraNote {
 /// The notes of the whole stdout and stderr, kept with `-keep-full-output`.
 pub const FULL_OUTPUT_NOTES: [&str; 2] = ["full-output.stdout", "full-output.stderr"];
 
+/// The note names icyci itself writes or reads as a commit's state.
+const OWN_NOTE_NAMES: [&str; 9] = [
+    "lock",
+    "locked",
+    "verified",
+    "result.passed",
+    "result.failed",
+    "output.stdout",
+    "output.stderr",
+    "full-output.stdout",
+    "full-output.stderr",
+];
+
 /// Why a file name cannot be a note name, or `None` if it can.
 pub fn refuse_note_name(namespace: &NotesNamespace, name: &str) -> Option<&'static str> {
     if name == "lock" {
@@ -50,16 +62,21 @@ pub fn refuse_note_name(namespace: &NotesNamespace, name: &str) -> Option<&'stat
     {
         return Some("the name collides with icyci's own notes");
     }
-    if !is_valid_full_refname(&namespace.note_ref(name)) {
-        return Some("the name does not form a valid git ref name");
+    // A name ending like one of icyci's notes would make the refs of
+    // another namespace: `arm.locked` is the lock of namespace `<ns>.arm`.
+    if OWN_NOTE_NAMES.iter().any(|own| {
+        name.strip_suffix(own)
+            .is_some_and(|rest| rest.ends_with('.'))
+    }) {
+        return Some("the name ends like icyci's own notes (it would read as another namespace's)");
     }
-    // Git allows both in a ref name, but a note name is a single file name
+    // Git allows '/' in a ref name, but a note name is a single file name
     // inside the namespace (`a/b` would nest under `<ns>.a`, and
-    // `locked/x` would block the lock ref), and a C1 control such as
-    // U+009B can drive a terminal that lists the refs.
-    if name.contains('/') {
-        return Some("the name contains '/'");
+    // `locked/x` would block the lock ref).
+    if let Some(reason) = namespace.unusable_note_name(name) {
+        return Some(reason);
     }
+    // A C1 control such as U+009B can drive a terminal that lists the refs.
     if name.chars().any(char::is_control) {
         return Some("the name contains a control character");
     }
@@ -167,13 +184,28 @@ mod tests {
             "a/b",
             "csi\u{9b}31m",
             "nel\u{85}",
+            "arm.locked",
+            "extra.result.passed",
+            "x.result.failed",
+            "other.verified",
+            "ns.output.stdout",
+            "ns.full-output.stderr",
         ] {
             assert!(
                 refuse_note_name(&ns(), name).is_some(),
                 "{name:?} must be refused"
             );
         }
-        for name in ["report", "build.log", "coverage-summary", "résumé"] {
+        // `<ns>.<name>.lock` must fit in 255 bytes: "icyci" takes 6 + 5.
+        assert!(refuse_note_name(&ns(), &"n".repeat(245)).is_some());
+        assert!(refuse_note_name(&ns(), &"n".repeat(244)).is_none());
+        for name in [
+            "report",
+            "build.log",
+            "coverage-summary",
+            "résumé",
+            "unlocked",
+        ] {
             assert!(
                 refuse_note_name(&ns(), name).is_none(),
                 "{name:?} must be accepted"

@@ -72,14 +72,40 @@ const SSH_KEY_TYPES: [&str; 7] = [
     "sk-ecdsa-sha2-nistp256@openssh.com",
 ];
 
+/// The largest `-trusted-signers` file read: thousands of keys.
+const MAX_LIST_SIZE: u64 = 4 << 20;
+
 impl TrustedSigners {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self, TrustListError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let shown = path.display().to_string();
-        let text = std::fs::read(path).map_err(|err| TrustListError::Read {
+        let read_error = |reason: String| TrustListError::Read {
             path: shown.clone(),
-            reason: err.to_string(),
-        })?;
+            reason,
+        };
+        // Opened without blocking and checked to be a regular file first: a
+        // FIFO would hang the start, /dev/zero would fill memory.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|err| read_error(err.to_string()))?;
+        let meta = file.metadata().map_err(|err| read_error(err.to_string()))?;
+        if !meta.is_file() {
+            return Err(read_error("not a regular file".to_owned()));
+        }
+        let mut text = Vec::new();
+        file.take(MAX_LIST_SIZE + 1)
+            .read_to_end(&mut text)
+            .map_err(|err| read_error(err.to_string()))?;
+        if text.len() as u64 > MAX_LIST_SIZE {
+            return Err(read_error(format!(
+                "larger than {} KiB; a list of keys is far smaller",
+                MAX_LIST_SIZE / 1024
+            )));
+        }
         let text = String::from_utf8(text).map_err(|_| TrustListError::Read {
             path: shown.clone(),
             reason: "not UTF-8 text".to_owned(),

@@ -655,6 +655,11 @@ proptest! {
             prop_assert!(!name.contains(".."));
             prop_assert!(!name.chars().any(char::is_control), "control character");
             prop_assert!(!is_reserved(&name), "reserved");
+            let last = ns.as_str().rsplit('/').next().unwrap_or_default();
+            prop_assert!(last.len() + 1 + name.len() + ".lock".len() <= 255, "fits a file name");
+            for own in ["locked", "lock", "verified", "result.passed", "result.failed"] {
+                prop_assert!(!name.ends_with(&format!(".{own}")), "reads as another namespace's");
+            }
         }
     }
 

@@ -222,9 +222,24 @@ impl GitCommand {
         self
     }
 
-    /// The command line as it may appear in logs.
+    /// The command line as it may appear in logs: on one line (a note
+    /// message's new lines shown as `\n`), credentials masked.
     pub fn display(&self) -> String {
-        let words: Vec<_> = self.args.iter().map(|a| a.to_string_lossy()).collect();
+        let words: Vec<String> = self
+            .args
+            .iter()
+            .map(|arg| {
+                let mut word = String::new();
+                for c in arg.to_string_lossy().chars() {
+                    if c.is_control() {
+                        word.extend(c.escape_default());
+                    } else {
+                        word.push(c);
+                    }
+                }
+                word
+            })
+            .collect();
         mask_credentials(&format!("git {}", words.join(" "))).into_owned()
     }
 
@@ -444,5 +459,22 @@ pub fn signal_name(signal: i32) -> String {
         Ok(Signal::SIGPIPE) => "broken pipe".into(),
         Ok(other) => other.as_str().to_owned(),
         Err(_) => format!("signal {signal}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_displayed_on_one_line_with_credentials_masked() {
+        let shown = Git::new("/repo")
+            .command("notes")
+            .args(["add", "-m", "2024-01-01\nholder: h\tpid 1"])
+            .positional(["https://alice:hunter2@example.org/r.git"])
+            .display();
+        assert!(!shown.contains('\n') && !shown.contains('\t'), "{shown}");
+        assert!(shown.contains("2024-01-01\\nholder: h\\tpid 1"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

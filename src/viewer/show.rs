@@ -14,6 +14,7 @@ use super::{
     ViewerError,
 };
 use crate::commands::{RepoArgs, ShowArgs};
+use crate::config::mask_credentials;
 use crate::git::is_valid_full_refname;
 use crate::reader::{Namespace, NoteIndex, ResultsReader};
 
@@ -299,13 +300,17 @@ impl Report<'_> {
         );
     }
 
-    /// `icyci retest <id> --results-repo <--repo, else URL> --ns <ns>`.
+    /// `icyci retest <id> --results-repo <where show read> --ns <ns>`; a
+    /// password or token in the URL is masked (the line is on screen).
     fn retest_command(&self, ns: &str) -> String {
-        let repo = self
-            .repo
-            .repo
-            .as_deref()
-            .map_or_else(|| "URL".to_owned(), shell_quote);
+        let repo = match (&self.repo.repo, &self.repo.remote) {
+            (Some(repo), _) => shell_quote(&mask_credentials(repo)),
+            (None, Some(remote)) => format!("\"$(git remote get-url {})\"", shell_quote(remote)),
+            (None, None) => std::env::current_dir().map_or_else(
+                |_| ".".to_owned(),
+                |dir| shell_quote(&dir.to_string_lossy()),
+            ),
+        };
         format!(
             "icyci retest {} --results-repo {repo} --ns {}",
             self.commit.id,
@@ -321,7 +326,7 @@ impl Report<'_> {
             self.commit.id.clone(),
         ];
         if let Some(repo) = &self.repo.repo {
-            words.extend(["--repo".to_owned(), shell_quote(repo)]);
+            words.extend(["--repo".to_owned(), shell_quote(&mask_credentials(repo))]);
         }
         if let Some(remote) = &self.repo.remote {
             words.extend(["--remote".to_owned(), shell_quote(remote)]);

@@ -495,6 +495,19 @@ fn empty_values_are_refused() {
         (&["-source-repo="], "invalid repository \"\": empty"),
         (&["-results-repo="], "invalid repository \"\": empty"),
         (&["-notes-ns="], "invalid notes namespace \"\""),
+        (
+            &["-notes-ns", &"n".repeat(232)],
+            "too long for git's ref files",
+        ),
+        (
+            &["-source-reference", "/no/such/mirror.git"],
+            "-source-reference /no/such/mirror.git: No such file",
+        ),
+        (&["-source-reference", "/dev/null"], "not a directory"),
+        (
+            &["-trusted-signers", "/dev/zero"],
+            "/dev/zero: not a regular file",
+        ),
     ] {
         let mut all = vec!["-once"];
         all.extend_from_slice(args);

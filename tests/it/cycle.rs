@@ -495,11 +495,13 @@ fn source_reference_clones_through_alternates() {
         Some("test.sh completed successfully\n")
     );
 
-    // A reference that does not exist makes the clone fail: the option is really used. The
-    // daemon keeps retrying (without -once) and still stops cleanly on SIGTERM.
+    // A reference that is not a repository makes the clone fail: the option is really used.
+    // The daemon keeps retrying (without -once) and still stops cleanly on SIGTERM. (One that
+    // does not exist at all is a usage error at start: cli.rs.)
     let fx = Fixture::new();
     fx.script_commit("true\n");
     let missing = fx.env.path("no-such-reference.git");
+    fs::create_dir(&missing).expect("an empty directory");
     let mut daemon = fx.spawn(&["-source-reference", &missing.to_string_lossy()]);
     let stderr = daemon.wait_for_stderr("clone failed", LONG);
     assert!(

@@ -209,6 +209,9 @@ fn names_colliding_with_the_daemons_notes_are_refused() {
         "output.stdout",
         "output.stderr",
         "verified",
+        // would be the lock and a verdict of namespaces icyci.arm and icyci.extra
+        "arm.locked",
+        "extra.result.passed",
     ];
     let mut body = String::from("echo real-err >&2\n");
     for name in forged {
@@ -314,6 +317,32 @@ fn a_subdirectory_is_skipped() {
 // ---- helpers ----
 
 /// Commits (gpg-signed) on the work repository, pushes it to the source, returns its id.
+/// A name that is a valid ref name but too long for git's ref file (`icyci.<name>.lock` over 255
+/// bytes) is skipped with a log line: the run's notes are all pushed, and nothing is left that
+/// would fail every later push (the next commit is tested too).
+#[test]
+fn a_name_too_long_for_a_ref_file_is_skipped() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let long = "n".repeat(245);
+    let fits = "f".repeat(244);
+    let s = Setup::with_script(&format!(
+        "echo long > \"$ICYCI_NOTES_DIR/{long}\"\necho fits > \"$ICYCI_NOTES_DIR/{fits}\"\n"
+    ));
+    let first = signed_commit(&s);
+    let (code, stderr) = s.once(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(skipped(&stderr, &long), "{stderr}");
+    s.assert_passed(&first);
+    assert_eq!(s.note(&fits, &first), Some(b"fits\n".to_vec()));
+
+    let second = signed_commit(&s);
+    let (code, stderr) = s.once(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    s.assert_passed(&second);
+}
+
 fn signed_commit(s: &Setup) -> String {
     let fpr = s.env.gpg_key();
     let commit = s.env.commit(&s.work, "signed", Sign::Gpg(fpr));

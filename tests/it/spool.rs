@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::common::{require_tool, wait_for, write_script, Daemon, Sign, TestEnv};
+use crate::verify::log_has_line;
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -272,6 +273,34 @@ fn results_refused_by_a_hook_wait_in_the_spool_and_testing_goes_on() {
         !s.spool().join(&first).exists() && !s.spool().join(&second).exists()
     });
     assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
+    daemon.signal("TERM");
+    daemon.expect_exit(QUICK);
+}
+
+/// A spooled note whose name git cannot write as a ref (an entry edited, or of an older icyci)
+/// is left out with a warning; the entry's verdict and outputs are delivered, not stuck.
+#[test]
+fn a_spooled_note_git_cannot_write_is_left_out_and_the_rest_delivered() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = setup().ungated();
+    let first = s.spooled_by_a_killed_daemon();
+    let entry = s.spool().join(&first);
+    let meta = entry.join("meta");
+    let text = fs::read_to_string(&meta).expect("read the meta");
+    let index = text.lines().filter(|l| l.starts_with("note: ")).count();
+    fs::write(entry.join("notes").join(index.to_string()), b"bad\n").expect("a note file");
+    fs::write(&meta, format!("{text}note: a..b\n")).expect("edit the meta");
+
+    let mut daemon = s.spawn();
+    wait_passed(&s, &mut daemon, &first);
+    s.assert_delivered(&first);
+    assert!(
+        log_has_line(&daemon.stderr(), &["spooled note not published", "a..b"]),
+        "{}",
+        daemon.logs_for_humans()
+    );
     daemon.signal("TERM");
     daemon.expect_exit(QUICK);
 }

@@ -625,6 +625,32 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
     );
 }
 
+/// A password in the `--repo` URL is masked in the commands `show` suggests (the line is on
+/// screen, perhaps shared); the notes are read through it all the same.
+#[test]
+fn a_password_in_the_repo_url_is_not_shown() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let r = Results::build();
+    let env = r.env();
+    env.set_var("XDG_CACHE_HOME", env.path("cache"));
+    let secret_url = "https://alice:hunter2@ci.example.invalid/results.git";
+    env.git(
+        env.root(),
+        [
+            "config",
+            "--global",
+            &format!("url.{}.insteadOf", r.repo()),
+            secret_url,
+        ],
+    );
+    let out = icyci(env, env.root(), &["show", &r.first, "--repo", secret_url]);
+    let shown = success(&out);
+    assert!(shown.contains("write one to a file: icyci show"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
 /// A clone whose notes were never fetched (or any repository with no results notes): `status`
 /// cannot answer (2, one line saying where to read instead), so a script waiting for 0 or 1
 /// does not wait forever; `results` and `show` still answer, with one warning line naming the
