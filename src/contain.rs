@@ -178,10 +178,9 @@ pub async fn sweep(script_start: u64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if !killed.is_empty() {
-        info!(
-            "killed {} processes the test script left running",
-            killed.len()
-        );
+        let count = killed.len();
+        let processes = if count == 1 { "process" } else { "processes" };
+        info!("killed {count} {processes} the test script left running");
     }
 }
 
