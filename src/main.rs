@@ -39,8 +39,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Invocation::Run(config)) => {
-            if let Err(reason) =
-                check_absolute_script(&config).and_then(|()| check_source_reference(&config))
+            if let Err(reason) = check_absolute_script(&config)
+                .and_then(|()| check_source_reference(&config))
+                .and_then(|()| check_site_dir(&config))
             {
                 eprintln!("icyci: {reason}");
                 eprint!("{}", usage());
@@ -107,6 +108,17 @@ fn check_source_reference(config: &JobConfig) -> Result<(), String> {
             "-source-reference {reference}: not a directory (a local git repository is needed)"
         )),
         Err(err) => Err(format!("-source-reference {reference}: {err}")),
+    }
+}
+
+/// A `-site-dir` the site could never be written to (a file, a directory
+/// of other files) is found at start, not as a warning after every push.
+fn check_site_dir(config: &JobConfig) -> Result<(), String> {
+    match &config.site_dir {
+        Some(dir) => icyci::site::SiteDir::new(dir)
+            .check()
+            .map_err(|err| format!("-site-dir: {err}")),
+        None => Ok(()),
     }
 }
 

@@ -23,6 +23,7 @@ mod ansi;
 mod escape;
 mod manifest;
 mod output;
+pub use output::SiteDir;
 mod pages;
 
 use std::collections::{BTreeSet, HashMap};
@@ -44,7 +45,6 @@ use crate::viewer::stale::{LockJudge, ShownState};
 use manifest::{
     commit_files, commit_page_path, is_raw_note, raw_path, CommitNotes, Manifest, StaleNamespaces,
 };
-use output::SiteDir;
 use pages::{Row, Section, SiteInfo};
 
 /// Commits whose notes are read in one `cat-file` (bounds the memory a

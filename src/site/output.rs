@@ -23,6 +23,22 @@ impl SiteDir {
         }
     }
 
+    /// Checks, touching nothing, that [`SiteDir::prepare`] would take the
+    /// directory: absent, empty, or holding a site.
+    pub fn check(&self) -> Result<(), SiteError> {
+        let root = &self.root;
+        match fs::metadata(root) {
+            Ok(meta) if !meta.is_dir() => Err(SiteError::NotADirectory(display(root))),
+            Ok(_) if root.join(MANIFEST_FILE).is_file() => Ok(()),
+            Ok(_) => match fs::read_dir(root).map_err(|e| io_error(root, e))?.next() {
+                Some(_) => Err(SiteError::NotASite(display(root))),
+                None => Ok(()),
+            },
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io_error(root, err)),
+        }
+    }
+
     /// Creates the directory if needed and reads the manifest of the last
     /// run. A directory that holds other files but no manifest is refused:
     /// the site would overwrite `index.html` there.

@@ -614,6 +614,9 @@ fn site_dir_follows_a_running_daemon() {
     assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
 }
 
+/// A `-site-dir` that holds other files is refused at start, touching nothing; a site
+/// directory that becomes unwritable later (here: replaced by a file) is a warning after each
+/// push, and the daemon goes on testing and publishing.
 #[test]
 fn a_site_that_cannot_be_written_does_not_stop_the_daemon() {
     if !require_tool("gpg") {
@@ -623,15 +626,29 @@ fn a_site_that_cannot_be_written_does_not_stop_the_daemon() {
     let foreign = fx.env.path("foreign");
     fs::create_dir(&foreign).expect("mkdir");
     fs::write(foreign.join("keep.txt"), "mine").expect("write");
-    let commit = fx.script_commit("echo ok\n");
-    let site_arg = format!("-site-dir={}", foreign.display());
-    let (status, daemon) = fx.once(&[&site_arg]);
-    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
-    assert!(fx.note("result.passed", &commit).is_some());
-    let log = daemon.stderr();
-    assert!(log.contains("site not refreshed"), "{log}");
-    assert!(log.contains("holds no icyci site"), "{log}");
+    let first = fx.script_commit("echo ok\n");
+    let foreign_arg = format!("-site-dir={}", foreign.display());
+    let (status, daemon) = fx.once(&[&foreign_arg]);
+    assert_eq!(status.code(), Some(2), "{}", daemon.logs_for_humans());
+    assert!(
+        daemon.stderr().contains("holds no icyci site"),
+        "{}",
+        daemon.logs_for_humans()
+    );
+    assert!(fx.note("locked", &first).is_none(), "nothing touched");
     assert_eq!(fs::read_dir(&foreign).expect("read").count(), 1);
+
+    let site = fx.env.path("site");
+    let mut daemon = fx.spawn(&[&format!("-site-dir={}", site.display())]);
+    fx.wait_passed(&mut daemon, &first);
+    daemon.wait_for_stderr("site refreshed", LONG);
+    fs::remove_dir_all(&site).expect("remove the site");
+    fs::write(&site, "a file now").expect("a file in its place");
+    let second = fx.signed_commit("second commit");
+    fx.wait_passed(&mut daemon, &second);
+    let log = daemon.wait_for_stderr("site not refreshed", LONG);
+    assert!(log.contains("is not a directory"), "{log}");
+    assert!(daemon.is_running(), "{}", daemon.logs_for_humans());
 }
 
 /// Runs `chromium` headless with `args` and a fresh profile; its stdout. Panics with the logs
