@@ -117,7 +117,12 @@ pub fn parse_lock_note(text: &str) -> LockNote {
         if let Some(rest) = line.strip_prefix("holder: ") {
             note.holder = parse_holder(rest);
         } else if let Some(rest) = line.strip_prefix("lease-until: ") {
-            note.lease_until = rest.split_whitespace().next().and_then(|s| s.parse().ok());
+            // A time no calendar date has (hand-edited) counts as no lease.
+            note.lease_until = rest
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok())
+                .filter(|secs| Utc.timestamp_opt(*secs, 0).single().is_some());
         }
     }
     note
@@ -231,6 +236,8 @@ mod tests {
         assert_eq!(note.taken_at, Some(now.timestamp()));
         assert_eq!(note.holder, Some(holder()));
         assert_eq!(note.lease_until, Some(1_767_322_745));
+        let absurd = parse_lock_note("2024-01-01\nlease-until: -9223372036854775808\n");
+        assert_eq!(absurd.lease_until, None);
     }
 
     #[test]
