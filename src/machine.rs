@@ -37,7 +37,9 @@ use crate::runner::{self, ScriptOutcome, ScriptRun, ScriptSpec};
 use crate::site;
 use crate::spool::{Spool, SpoolEntry};
 use crate::state::State;
-use crate::verify::{describe_rejections, verify_tip, Provenance, Verification, VerifiedTip};
+use crate::verify::{
+    describe_rejections, verify_tip, Provenance, Verification, VerifiedTip, VerifierFault,
+};
 use crate::workspace::{remove_tree, Workspace};
 use crate::worktree::{self, Shape};
 
@@ -76,6 +78,8 @@ enum StepError {
     Timeout { state: State, limit: Duration },
     #[error("{what} gave no answer within {}", format_duration(*limit))]
     NoAnswer { what: &'static str, limit: Duration },
+    #[error(transparent)]
+    Verifier(#[from] VerifierFault),
 }
 
 /// A commit this job holds the lock on.
@@ -162,8 +166,12 @@ pub struct Job {
     /// The last tip found unsigned, and whether it was looked at twice. A
     /// branch and its signed tag pushed together reach the remote one ref at
     /// a time, so a fetch in between sees the tip before its tag: such a tip
-    /// is verified once more at the next poll.
+    /// is verified once more when the next poll's fetch brings tags.
     unverified: Option<(String, bool)>,
+    /// A tip whose verification, tags included, did not finish: its retry
+    /// looks at the tags again, as the fetch that brought them is not
+    /// repeated.
+    tags_unverified: Option<String>,
     /// A tip locked by another instance, with no result yet.
     recheck: Option<Recheck>,
     /// Locked by us and not yet staged: retried, never abandoned.
@@ -275,6 +283,7 @@ impl Job {
             same_repository,
             last_handled: None,
             unverified: None,
+            tags_unverified: None,
             recheck: None,
             held: None,
             pending: None,
@@ -326,6 +335,7 @@ impl Job {
                 return JobExit::Once(result);
             }
             let state = step.state();
+            let commit = step.commit().map(str::to_owned);
             let limit = match state {
                 // The script's own limit is applied by the runner, because
                 // reaching it is a test failure, not an error of the job.
@@ -364,7 +374,7 @@ impl Job {
                     }
                     next
                 }
-                Err(err) => self.recover(state, err),
+                Err(err) => self.recover(state, commit.as_deref(), err),
             };
             if next.state() != state && !matches!(next, Step::Exit(_)) {
                 match next.commit() {
@@ -391,14 +401,21 @@ impl Job {
         }
     }
 
-    /// Chooses where to go after a failed state.
-    fn recover(&mut self, state: State, err: StepError) -> Step {
+    /// Chooses where to go after a failed state, which was working on
+    /// `commit`.
+    fn recover(&mut self, state: State, commit: Option<&str>, err: StepError) -> Step {
         let (attempt, delay) = self.failures.record(state);
+        let commit = commit.map(tracing::field::display);
         if self.config.once && (state != State::Clone || attempt >= ONCE_CLONE_ATTEMPTS) {
-            error!("{state} failed: {err}; giving up (-once)");
+            error!(commit, "{state} failed: {err}; giving up (-once)");
             return Step::Exit(OnceResult::Error);
         }
-        warn!(attempt, retry_in = %format_duration(round_to_millis(delay)), "{state} failed: {err}");
+        warn!(
+            attempt,
+            retry_in = %format_duration(round_to_millis(delay)),
+            commit,
+            "{state} failed: {err}"
+        );
         match state {
             State::Clone => Step::Clone { delay },
             State::Poll => Step::Poll { wait: delay },
@@ -717,8 +734,15 @@ impl Job {
     }
 
     async fn verify(&mut self, tip: String, tags: bool) -> Result<Step, StepError> {
+        let tags = tags || self.tags_unverified.as_deref() == Some(tip.as_str());
+        // Kept when this attempt fails or times out.
+        self.tags_unverified = tags.then(|| tip.clone());
         let verification = verify_tip(&self.source, &tip, &self.config.signature_policy, tags);
-        match verification.await? {
+        let verification = verification.await?;
+        if !matches!(verification, Verification::Unchecked(_)) {
+            self.tags_unverified = None;
+        }
+        match verification {
             Verification::Verified(verified) => {
                 info!(commit = %tip, "verified: {}", verified.describe());
                 Ok(Step::Lock { tip: *verified })
@@ -730,6 +754,14 @@ impl Job {
                 let looked_before = matches!(&self.unverified, Some((t, _)) if *t == tip);
                 self.unverified = Some((tip.clone(), looked_before));
                 Ok(self.nothing_to_do(tip))
+            }
+            Verification::Unchecked(fault) => {
+                // Not a verdict: retried with the state's backoff, even when
+                // the tip was handled before (a retest, a lock released).
+                if self.last_handled.as_deref() == Some(tip.as_str()) {
+                    self.last_handled = None;
+                }
+                Err(fault.into())
             }
         }
     }

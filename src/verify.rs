@@ -12,9 +12,15 @@
 //! signature and whom it belongs to ([`crate::signature`]): with
 //! `-trusted-signers` that key must also be listed ([`crate::trust`]), and
 //! either way it is recorded in the `verified` note of the tested commit.
+//!
+//! A verification that could not run (git cannot create its temporary file,
+//! gpg cannot start or fails without a status line) is not a verdict: it is
+//! reported as a [`VerifierFault`], for the caller to retry.
 
-use std::process::Stdio;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
 
+use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::git::{is_valid_full_refname, parse_tags_at, Git, GitError};
@@ -141,6 +147,16 @@ pub enum RejectionKind {
     },
 }
 
+/// Git could not check a signature at the tip: it, or the program it
+/// verifies with, failed to run. No verdict on the signature, so the tip is
+/// neither tested nor skipped: the verification is to be tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot check the signature ({})", .faults.join("; "))]
+pub struct VerifierFault {
+    /// `<object>: <why>` for each object that could not be checked.
+    pub faults: Vec<String>,
+}
+
 /// The outcome of verifying a tip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
@@ -148,6 +164,8 @@ pub enum Verification {
     Verified(Box<VerifiedTip>),
     /// Nothing verified; one rejection per object tried.
     NotVerified(Vec<Rejection>),
+    /// Nothing verified, and at least one signature could not be checked.
+    Unchecked(VerifierFault),
 }
 
 /// The rejections of a tip as one log line's text: each refused signature
@@ -185,6 +203,7 @@ pub async fn verify_tip(
     look_for_tags: bool,
 ) -> Result<Verification, GitError> {
     let mut rejections = Vec::new();
+    let mut faults = Vec::new();
     let tags = if look_for_tags {
         tags_at(git, tip).await?
     } else {
@@ -196,8 +215,8 @@ pub async fn verify_tip(
             continue;
         }
         let object = format!("tag {}", tag.refname);
-        match check(git, policy, "verify-tag", &tag.object).await? {
-            (Judgement::Accepted { key_expired }, signature) => {
+        match check(git, policy, ObjectKind::Tag, &tag.object).await? {
+            Checked::Judged(Judgement::Accepted { key_expired }, signature) => {
                 let tag = VerifiedTag {
                     refname: tag.refname,
                     object: tag.object,
@@ -208,22 +227,27 @@ pub async fn verify_tip(
                     provenance: provenance(policy, signature, key_expired),
                 })));
             }
-            (judgement, _) => rejections.push(rejection(object, judgement)),
+            Checked::Judged(judgement, _) => rejections.push(rejection(object, judgement)),
+            Checked::Fault(reason) => faults.push(format!("{object}: {reason}")),
         }
     }
 
-    match check(git, policy, "verify-commit", tip).await? {
-        (Judgement::Accepted { key_expired }, signature) => {
-            Ok(Verification::Verified(Box::new(VerifiedTip {
+    match check(git, policy, ObjectKind::Commit, tip).await? {
+        Checked::Judged(Judgement::Accepted { key_expired }, signature) => {
+            return Ok(Verification::Verified(Box::new(VerifiedTip {
                 commit: tip.to_owned(),
                 tag: None,
                 provenance: provenance(policy, signature, key_expired),
-            })))
+            })));
         }
-        (judgement, _) => {
-            rejections.push(rejection("commit".to_owned(), judgement));
-            Ok(Verification::NotVerified(rejections))
-        }
+        Checked::Judged(judgement, _) => rejections.push(rejection("commit".to_owned(), judgement)),
+        Checked::Fault(reason) => faults.push(format!("commit: {reason}")),
+    }
+    // A signature that could not be checked may be the good one.
+    if faults.is_empty() {
+        Ok(Verification::NotVerified(rejections))
+    } else {
+        Ok(Verification::Unchecked(VerifierFault { faults }))
     }
 }
 
@@ -251,20 +275,61 @@ fn rejection(object: String, judgement: Judgement) -> Rejection {
     Rejection { object, kind }
 }
 
-/// Runs `git <subcommand> --raw <object>` and judges its answer; also
-/// returns what it said about the signature.
+/// The kinds of object that carry a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjectKind {
+    Commit,
+    Tag,
+}
+
+impl ObjectKind {
+    /// The type name, as `git cat-file` takes it.
+    fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Commit => "commit",
+            ObjectKind::Tag => "tag",
+        }
+    }
+}
+
+/// What checking one object's signature came to.
+#[derive(Debug)]
+enum Checked {
+    /// A verdict, judged by the policy; with what git said of the signature.
+    Judged(Judgement, Option<SignatureReport>),
+    /// No verdict: git or its verifier failed to run; why.
+    Fault(String),
+}
+
+/// Runs `git verify-commit|verify-tag --raw <object>` and judges its
+/// answer, unless the check itself failed.
 async fn check(
     git: &Git,
     policy: &SignaturePolicy,
-    subcommand: &str,
+    kind: ObjectKind,
     object: &str,
-) -> Result<(Judgement, Option<SignatureReport>), GitError> {
+) -> Result<Checked, GitError> {
+    let subcommand = match kind {
+        ObjectKind::Commit => "verify-commit",
+        ObjectKind::Tag => "verify-tag",
+    };
     let output = git
         .command(subcommand)
         .arg("--raw")
         .positional([object])
         .output()
         .await?;
+    match classify(&output.stderr, output.status) {
+        Answer::Verdict => {}
+        Answer::Fault(reason) => return Ok(Checked::Fault(reason)),
+        Answer::Silent => {
+            if carries_signature(git, kind, object).await? {
+                return Ok(Checked::Fault(
+                    "signed, but the verifier failed without a status line".to_owned(),
+                ));
+            }
+        }
+    }
     let report = parse_verification(&output.stderr);
     let explanation = last_line(&output.stderr);
     let mut judgement = policy.judge(report.as_ref(), output.status.success(), explanation);
@@ -274,7 +339,103 @@ async fn check(
             judgement = SignaturePolicy::judge_expired(report, expiry);
         }
     }
-    Ok((judgement, report))
+    Ok(Checked::Judged(judgement, report))
+}
+
+/// What git's `--raw` verification of one object amounts to.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// Git, gpg or ssh-keygen said something about the signature.
+    Verdict,
+    /// Git said nothing: unsigned, or a verifier that failed silently.
+    Silent,
+    /// Git or the program it verifies with failed to run; why.
+    Fault(String),
+}
+
+/// Git's own words, without any status line, that are still a verdict: the
+/// object has no signature; the signature is not one git can read; no ssh
+/// key is trusted at all (as gpg's unknown key is a verdict).
+const VERDICTS_IN_ERRORS: [&str; 3] = [
+    "error: no signature found",
+    "fatal: bad/incompatible signature",
+    "error: gpg.ssh.allowedSignersFile needs to be configured",
+];
+
+/// Tells a verdict on the signature from a check that could not run. With
+/// `--raw` git passes on only gpg's status lines or ssh-keygen's output, so
+/// its own `error:` or `fatal:` line without any of those means the check
+/// failed (a temporary file it cannot create, a verifier that cannot start
+/// or died), and so does a git killed by a signal.
+fn classify(stderr: &str, status: ExitStatus) -> Answer {
+    if status.success() {
+        return Answer::Verdict;
+    }
+    if let Some(signal) = status.signal() {
+        return Answer::Fault(format!("git killed by signal {signal}"));
+    }
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return Answer::Silent;
+    }
+    if lines.iter().any(|line| line.starts_with("[GNUPG:] "))
+        || parse_verification(stderr).is_some()
+    {
+        return Answer::Verdict;
+    }
+    if lines
+        .iter()
+        .any(|line| VERDICTS_IN_ERRORS.iter().any(|v| line.starts_with(v)))
+    {
+        return Answer::Verdict;
+    }
+    let first_error = lines
+        .iter()
+        .find(|line| line.starts_with("error: ") || line.starts_with("fatal: "));
+    match first_error {
+        Some(line) => Answer::Fault((*line).to_owned()),
+        // ssh-keygen's own words ("Could not verify signature.").
+        None => Answer::Verdict,
+    }
+}
+
+/// Whether `object` carries a signature, read from the object itself: git
+/// says nothing both of an unsigned commit and of one whose verifier failed
+/// without a word.
+async fn carries_signature(git: &Git, kind: ObjectKind, object: &str) -> Result<bool, GitError> {
+    let text = git
+        .command("cat-file")
+        .arg(kind.name())
+        .positional([object])
+        .run()
+        .await?;
+    Ok(has_signature(kind, &text))
+}
+
+/// Whether the text of a commit or tag object holds a signature: a `gpgsig`
+/// header, or for a tag one of the signature blocks git appends to its
+/// message. A commit's message is not looked at: quoting a signature there
+/// does not sign it.
+fn has_signature(kind: ObjectKind, text: &str) -> bool {
+    const TAG_SIGNATURES: [&str; 4] = [
+        "-----BEGIN PGP SIGNATURE-----",
+        "-----BEGIN PGP MESSAGE-----",
+        "-----BEGIN SIGNED MESSAGE-----",
+        "-----BEGIN SSH SIGNATURE-----",
+    ];
+    let (headers, message) = text.split_once("\n\n").unwrap_or((text, ""));
+    let signed_header = headers
+        .lines()
+        .any(|line| line.starts_with("gpgsig ") || line.starts_with("gpgsig-sha256 "));
+    signed_header
+        || (kind == ObjectKind::Tag
+            && message
+                .lines()
+                .any(|line| TAG_SIGNATURES.iter().any(|start| line.starts_with(start))))
 }
 
 /// The expiry of the key that made the OpenPGP signature of `report`, from
@@ -443,6 +604,95 @@ mod tests {
             describe_rejections(&[refused, unsigned]),
             "signature by ABC refused: key revoked (tag refs/tags/v1); \
              no valid signature (commit: no signature)"
+        );
+    }
+
+    fn exited(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn verdicts_and_faults_are_told_apart() {
+        let good = "[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 5660BC37695CBC29 A <a@x>";
+        assert_eq!(classify(good, exited(0)), Answer::Verdict);
+        // gpg ran and said why not: bad, unknown key, not OpenPGP data.
+        for said in [
+            "[GNUPG:] NEWSIG\n[GNUPG:] BADSIG 5660BC37695CBC29 A <a@x>",
+            "[GNUPG:] ERRSIG 6E7236FCC187DB19 22 8 00 1796321378 9 -\n[GNUPG:] NO_PUBKEY 1",
+            "[GNUPG:] NODATA 1\nerror: could not verify",
+            // ssh-keygen's own words, and git's for unsigned tags and no ssh trust.
+            "Good \"git\" signature with ED25519 key SHA256:abc\nNo principal matched.",
+            "Could not verify signature.",
+            "error: no signature found",
+            "error: gpg.ssh.allowedSignersFile needs to be configured and exist for ssh \
+             signature verification",
+            "fatal: bad/incompatible signature '-----BEGIN NONSENSE-----\nx'",
+        ] {
+            assert_eq!(classify(said, exited(1)), Answer::Verdict, "{said}");
+        }
+        // Nothing at all: an unsigned commit, or a verifier that failed silently.
+        assert_eq!(classify("", exited(1)), Answer::Silent);
+        assert_eq!(classify(" \n", exited(1)), Answer::Silent);
+        // Git or its verifier could not run.
+        for (said, reason) in [
+            (
+                "error: could not create temporary file: Read-only file system",
+                "error: could not create temporary file: Read-only file system",
+            ),
+            (
+                "fatal: cannot exec 'gpg': No such file or directory\nerror: later",
+                "fatal: cannot exec 'gpg': No such file or directory",
+            ),
+            (
+                "error: /usr/bin/gpg died of signal 9",
+                "error: /usr/bin/gpg died of signal 9",
+            ),
+        ] {
+            assert_eq!(
+                classify(said, exited(1)),
+                Answer::Fault(reason.to_owned()),
+                "{said}"
+            );
+        }
+        assert_eq!(
+            classify("", ExitStatus::from_raw(9)),
+            Answer::Fault("git killed by signal 9".to_owned())
+        );
+    }
+
+    #[test]
+    fn signatures_are_found_in_the_object() {
+        let unsigned = "tree 4b82\nauthor a <a@x> 1 +0000\n\nmessage\n\
+                        -----BEGIN PGP SIGNATURE-----\nquoted\n";
+        assert!(!has_signature(ObjectKind::Commit, unsigned));
+        let signed =
+            "tree 4b82\nauthor a <a@x> 1 +0000\ngpgsig -----BEGIN PGP SIGNATURE-----\n \n \
+                      x\n -----END PGP SIGNATURE-----\n\nmessage";
+        assert!(has_signature(ObjectKind::Commit, signed));
+        assert!(has_signature(
+            ObjectKind::Commit,
+            "tree 4b82\ngpgsig-sha256 -----BEGIN SSH SIGNATURE-----\n x\n\nm"
+        ));
+        let tag = "object 1\ntype commit\ntag v1\n\nrelease\n";
+        assert!(!has_signature(ObjectKind::Tag, tag));
+        for block in ["PGP SIGNATURE", "SSH SIGNATURE", "SIGNED MESSAGE"] {
+            let signed = format!("{tag}-----BEGIN {block}-----\nx\n-----END {block}-----");
+            assert!(has_signature(ObjectKind::Tag, &signed), "{block}");
+        }
+    }
+
+    #[test]
+    fn faults_on_one_line() {
+        let fault = VerifierFault {
+            faults: vec![
+                "tag refs/tags/v1: error: could not create temporary file: x".into(),
+                "commit: fatal: cannot exec 'gpg'".into(),
+            ],
+        };
+        assert_eq!(
+            fault.to_string(),
+            "cannot check the signature (tag refs/tags/v1: error: could not create temporary \
+             file: x; commit: fatal: cannot exec 'gpg')"
         );
     }
 

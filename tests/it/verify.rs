@@ -481,6 +481,121 @@ fn the_verified_commit_is_tested_even_when_the_branch_moves() {
     );
 }
 
+/// A verification that cannot run is no verdict. The daemon's git first has no temporary directory
+/// (as with a read-only `TMPDIR`), then its gpg fails without a status line: the signed tip is
+/// retried with the verify state's backoff, and tested once when verification works again; a
+/// signed tag is looked at again on each retry, though no fetch brings it again. An unsigned tip
+/// meanwhile is skipped as ever, and not looked at again and again.
+#[test]
+fn a_verification_that_cannot_run_is_retried_and_the_signed_tip_tested_once() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = Setup::new();
+    let fpr = s.env.gpg_key();
+    // The daemon's own TMPDIR and gpg, broken and then repaired; the test's git keeps its own.
+    let daemon_tmp = s.env.path("daemon-tmp");
+    let gpg_broken = s.env.path("gpg-broken");
+    let gpg = s.env.path("bin/gpg-or-fail");
+    write_script(
+        &gpg,
+        &format!(
+            "if [ -e '{}' ]; then\n  \
+             echo 'gpg: cannot create temporary file: Read-only file system' >&2\n  exit 2\n\
+             fi\nexec gpg \"$@\"\n",
+            gpg_broken.display()
+        ),
+    );
+    std::fs::write(&gpg_broken, b"").expect("break gpg");
+    let unsigned = s.env.commit(&s.work, "unsigned", Sign::None);
+    s.publish();
+    let mut icyci = s.env.icyci();
+    icyci
+        .args(s.args(&["-poll-interval=100ms"]))
+        .env("TMPDIR", &daemon_tmp)
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "gpg.program")
+        .env("GIT_CONFIG_VALUE_0", &gpg);
+    let mut daemon = s.env.spawn_logged(icyci, "icyci");
+
+    let skipped = [
+        "not testing: no valid signature (commit: no signature)",
+        &commit_field(&unsigned),
+    ];
+    wait_log(&mut daemon, &skipped);
+    // Ten poll intervals: a retry loop would have verified it again by now.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let signed = s.env.commit(&s.work, "signed", Sign::Gpg(fpr.clone()));
+    s.publish();
+    let no_tmp = [
+        "WARN",
+        "verify failed: cannot check the signature (commit: error: could not create temporary \
+         file: No such file or directory)",
+        "retry_in=",
+        &commit_field(&signed),
+    ];
+    wait_log_count(&mut daemon, &no_tmp, 2);
+    std::fs::create_dir(&daemon_tmp).expect("create the daemon's TMPDIR");
+    let silent_gpg = [
+        "WARN",
+        "verify failed: cannot check the signature (commit: signed, but the verifier failed \
+         without a status line)",
+        &commit_field(&signed),
+    ];
+    wait_log_count(&mut daemon, &silent_gpg, 1);
+    std::fs::remove_file(&gpg_broken).expect("repair gpg");
+    s.wait_note(&mut daemon, "icyci", "result.passed", &signed);
+
+    // Only a tag is signed this time: the retries must not forget it.
+    std::fs::write(&gpg_broken, b"").expect("break gpg");
+    let tagged = s.env.commit(&s.work, "unsigned, signed tag", Sign::None);
+    s.env.tag(&s.work, "v1", &tagged, TagKind::Gpg(fpr));
+    s.publish();
+    let tag_unchecked = [
+        "verify failed: cannot check the signature (tag refs/tags/v1: signed, but the verifier \
+         failed without a status line)",
+        &commit_field(&tagged),
+    ];
+    wait_log_count(&mut daemon, &tag_unchecked, 2);
+    std::fs::remove_file(&gpg_broken).expect("repair gpg");
+    s.wait_note(&mut daemon, "icyci", "result.passed", &tagged);
+
+    let log = daemon.stderr();
+    assert_eq!(
+        s.runs(),
+        [signed.clone(), tagged.clone()],
+        "each tested once"
+    );
+    s.assert_passed(&signed);
+    s.assert_passed(&tagged);
+    assert!(
+        log_has_line(
+            &log,
+            &["verified: signed tag refs/tags/v1", &commit_field(&tagged)]
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        count_lines(&log, &["verified: signed commit", &commit_field(&signed)]),
+        1,
+        "{log}"
+    );
+    assert!(log_has_line(&log, &["verify works again after"]), "{log}");
+    for tip in [&signed, &tagged] {
+        assert!(
+            !log_has_line(&log, &["not testing", &commit_field(tip)]),
+            "a fault is no verdict: {log}"
+        );
+    }
+    assert_eq!(count_lines(&log, &skipped), 1, "verified once: {log}");
+    assert!(
+        !log_has_line(&log, &["verify failed", &commit_field(&unsigned)]),
+        "{log}"
+    );
+    s.assert_untouched(&unsigned);
+}
+
 // ---- helpers shared by verify.rs, notes_dir.rs and instances.rs ----
 
 /// Generous deadline for anything the daemon does (the machine is shared and busy).
@@ -679,6 +794,29 @@ pub(crate) fn log_has_line(log: &str, needles: &[&str]) -> bool {
 /// The log field naming a commit, as the daemon prints it.
 pub(crate) fn commit_field(commit: &str) -> String {
     format!("commit={commit}")
+}
+
+/// How many lines of `log` contain every one of `needles`.
+pub(crate) fn count_lines(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+/// Waits until `count` lines of the daemon's stderr contain every one of `needles`.
+pub(crate) fn wait_log_count(daemon: &mut Daemon, needles: &[&str], count: usize) {
+    wait_for(
+        &format!("{count} log lines with {needles:?}"),
+        DEADLINE,
+        || {
+            assert!(
+                daemon.is_running(),
+                "icyci exited early\n{}",
+                daemon.logs_for_humans()
+            );
+            count_lines(&daemon.stderr(), needles) >= count
+        },
+    );
 }
 
 /// Waits until a line of the daemon's stderr contains every one of `needles`.
