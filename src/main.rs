@@ -176,10 +176,11 @@ fn run(config: JobConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The lock comes first: a second instance of the job touches nothing.
+    // The check that the directory is icyci's and the lock come first: a
+    // foreign directory or a second instance of the job is left untouched.
     let workspace = match Workspace::open(&state_dir) {
         Ok(workspace) => workspace,
-        Err(err @ OpenError::Busy { .. }) => {
+        Err(err @ (OpenError::Busy { .. } | OpenError::Foreign { .. })) => {
             eprintln!("icyci: {err}");
             return ExitCode::from(USAGE_EXIT);
         }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <state dir>/
+//!   .icyci-state     marks the directory as icyci's (stays)
 //!   lock             flock(2)ed while an instance runs; holds its pid (stays)
 //!   spool/           results not yet pushed (stays; see crate::spool)
 //!   workspace/       source/ (the clone), notes/ ($ICYCI_NOTES_DIR)
@@ -20,6 +21,12 @@
 //! up, is there); then its stale lock and temporary files and its work tree
 //! and index are removed, so the next run starts from a forced checkout
 //! into an empty tree. Anything else there is removed.
+//!
+//! Reclaiming kills and deletes, so it only ever happens in a directory
+//! icyci can tell is its own: one it created, found empty, or found marked
+//! (`.icyci-state`). A directory without the marker whose entries are all
+//! ones an earlier version made is marked and taken; anything else is
+//! refused before the lock file is made (see [`OpenError::Foreign`]).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -45,6 +52,15 @@ pub const WORKSPACE_DIR: &str = "workspace";
 pub const PRIVATE_PREFIX: &str = "private-";
 /// Written into `source/.git` once the clone and its remotes are set up.
 const CLONE_MARKER: &str = "icyci-clone";
+/// Marks a state directory as icyci's: only there does icyci reclaim, kill
+/// and delete.
+pub const STATE_MARKER: &str = ".icyci-state";
+/// What the marker says, for whoever finds it.
+const STATE_MARKER_TEXT: &str = "icyci state directory: one job's lock, spool and workspace.\n\
+                                 icyci removes and kills what it finds in workspace/ and \
+                                 private-*/ here; keep nothing else in this directory.\n";
+/// The spool directory in the state directory (see crate::spool).
+const SPOOL_DIR: &str = "spool";
 
 /// Why the workspace could not be set up.
 #[derive(Debug, Error)]
@@ -61,6 +77,15 @@ pub enum OpenError {
         dir: PathBuf,
         /// The pid the holder wrote into the lock file, if readable.
         holder: Option<u32>,
+    },
+    /// The state directory is not one icyci can tell is its own: nothing
+    /// in it was touched.
+    #[error("the state directory {} {reason}; give -state-dir an empty or new directory", dir.display())]
+    Foreign {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why it is not icyci's.
+        reason: String,
     },
     /// The lock file or a directory could not be made.
     #[error("cannot set up the workspace in {}: {source}", dir.display())]
@@ -88,10 +113,12 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Takes the lock of `state_dir` (which must exist), reclaims what a
-    /// dead instance left there, and creates `workspace/` and a new private
-    /// directory. Refused with [`OpenError::Busy`] while another process
-    /// holds the lock; nothing is touched then.
+    /// Checks that `state_dir` (which must exist) is icyci's and marks it,
+    /// takes its lock, reclaims what a dead instance left there, and
+    /// creates `workspace/` and a new private directory. Refused with
+    /// [`OpenError::Foreign`] for a directory icyci cannot tell is its own,
+    /// and with [`OpenError::Busy`] while another process holds the lock;
+    /// nothing is touched then.
     pub fn open(state_dir: &Path) -> Result<Self, OpenError> {
         let io_error = |source| OpenError::Io {
             dir: state_dir.to_owned(),
@@ -99,6 +126,14 @@ impl Workspace {
         };
         // /proc shows resolved paths: compare with the same.
         let dir = fs::canonicalize(state_dir).map_err(io_error)?;
+        // Before the lock file: it would overwrite a foreign `lock`.
+        claim_state_dir(&dir).map_err(|err| match err {
+            ClaimError::Foreign(reason) => OpenError::Foreign {
+                dir: state_dir.to_owned(),
+                reason,
+            },
+            ClaimError::Io(err) => io_error(err),
+        })?;
         let lock = take_lock(&dir.join(LOCK_FILE)).map_err(|err| match err {
             LockError::Busy(holder) => OpenError::Busy {
                 dir: state_dir.to_owned(),
@@ -263,6 +298,126 @@ impl Drop for Workspace {
     }
 }
 
+enum ClaimError {
+    Foreign(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for ClaimError {
+    fn from(err: io::Error) -> Self {
+        ClaimError::Io(err)
+    }
+}
+
+/// Accepts `dir` as a state directory when it carries the marker, is
+/// empty, or holds only what an earlier version made (then it is marked);
+/// refuses anything else without touching it.
+fn claim_state_dir(dir: &Path) -> Result<(), ClaimError> {
+    if !fs::metadata(dir)?.is_dir() {
+        return Err(ClaimError::Foreign("is not a directory".to_owned()));
+    }
+    if fs::symlink_metadata(dir.join(STATE_MARKER)).is_ok_and(|meta| meta.is_file()) {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        names.push(entry?.file_name());
+    }
+    names.sort();
+    if !names.is_empty() {
+        if let Some(why) = unlike_an_old_state_dir(dir, &names)? {
+            return Err(ClaimError::Foreign(format!(
+                "is not empty and is not an icyci state directory (no {STATE_MARKER}; {why})"
+            )));
+        }
+        tracing::info!(
+            state_dir = %dir.display(),
+            "marking the state directory of an earlier version with {STATE_MARKER}"
+        );
+    }
+    write_state_marker(dir)?;
+    Ok(())
+}
+
+/// Why the entries `names` of `dir` are not the layout an earlier version
+/// left (`lock`, `spool/`, `workspace/`, `private-*/`), if they are not.
+fn unlike_an_old_state_dir(dir: &Path, names: &[std::ffi::OsString]) -> io::Result<Option<String>> {
+    let mut has_lock = false;
+    for name in names {
+        let shown = name.to_string_lossy();
+        let path = dir.join(name);
+        let meta = fs::symlink_metadata(&path)?;
+        let why = if name == LOCK_FILE {
+            has_lock = true;
+            (!meta.is_file() || meta.len() > 32 || !holds_a_pid(&path)?)
+                .then(|| format!("its {LOCK_FILE} is not a lock file icyci wrote"))
+        } else if name == SPOOL_DIR || name == WORKSPACE_DIR || shown.starts_with(PRIVATE_PREFIX) {
+            if !meta.is_dir() {
+                Some(format!("its {shown} is not a directory"))
+            } else if name == SPOOL_DIR {
+                foreign_spool_entry(&path)?.map(|entry| {
+                    format!("its {SPOOL_DIR} holds {entry}, which icyci does not make")
+                })
+            } else {
+                None
+            }
+        } else {
+            Some(format!("it holds {shown}, which icyci does not make"))
+        };
+        if why.is_some() {
+            return Ok(why);
+        }
+    }
+    // An earlier version made the lock file before any workspace.
+    if !has_lock {
+        if let Some(name) = names.iter().find(|name| *name != SPOOL_DIR) {
+            return Ok(Some(format!(
+                "it holds {} without a {LOCK_FILE} file",
+                name.to_string_lossy()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Empty, or a pid on a line: what [`take_lock`] writes.
+fn holds_a_pid(path: &Path) -> io::Result<bool> {
+    let text = fs::read(path)?;
+    Ok(match text.strip_suffix(b"\n") {
+        None => text.is_empty(),
+        Some(pid) => !pid.is_empty() && pid.iter().all(u8::is_ascii_digit),
+    })
+}
+
+/// The first entry of a spool directory that is neither a commit id nor a
+/// half-written entry (`.tmp-*`).
+fn foreign_spool_entry(spool: &Path) -> io::Result<Option<String>> {
+    for entry in fs::read_dir(spool)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        let commit = matches!(name.len(), 40 | 64) && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !commit && !name.starts_with(".tmp-") {
+            return Ok(Some(name.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes the marker, synced, so a crash right after leaves it in place.
+/// Another instance racing to mark the same directory writes the same.
+fn write_state_marker(dir: &Path) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(dir.join(STATE_MARKER))?;
+    file.write_all(STATE_MARKER_TEXT.as_bytes())?;
+    file.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
 enum LockError {
     Busy(Option<u32>),
     Io(io::Error),
@@ -363,9 +518,12 @@ fn reclaim(dir: &Path, root: &Path) -> io::Result<bool> {
 }
 
 /// A clone whose `.git` is a directory holding the completion marker.
+/// `source` itself must be a directory, not a link: cleaning the clone
+/// would otherwise remove files wherever the link points.
 fn completed_clone(source: &Path) -> bool {
     let git_dir = source.join(".git");
-    fs::symlink_metadata(&git_dir).is_ok_and(|meta| meta.is_dir())
+    fs::symlink_metadata(source).is_ok_and(|meta| meta.is_dir())
+        && fs::symlink_metadata(&git_dir).is_ok_and(|meta| meta.is_dir())
         && fs::symlink_metadata(git_dir.join(CLONE_MARKER)).is_ok_and(|meta| meta.is_file())
 }
 
@@ -659,6 +817,8 @@ mod tests {
             fs::write(path, b"x").expect("write");
         }
         fs::write(git_dir.join(CLONE_MARKER), b"job x\nconfig y\n").expect("write");
+        // Left by a version that wrote no marker.
+        fs::write(dir.join(LOCK_FILE), b"4242\n").expect("write");
 
         let workspace = Workspace::open(dir).expect("workspace");
         assert!(workspace.has_leftover_clone());
@@ -669,6 +829,7 @@ mod tests {
         assert_eq!(
             left,
             [
+                ".icyci-state",
                 "lock",
                 "workspace",
                 "workspace/source",
@@ -690,6 +851,144 @@ mod tests {
         let workspace = Workspace::open(dir).expect("workspace");
         assert!(!workspace.has_leftover_clone());
         assert!(!workspace.source_dir().exists());
+    }
+
+    /// Every path under `dir` with its contents (`None` for a directory).
+    fn snapshot(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut paths = Vec::new();
+        collect(dir, dir, &mut paths);
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|p| {
+                let path = dir.join(&p);
+                let bytes = (!path.is_dir()).then(|| fs::read(&path).expect("read"));
+                (p, bytes)
+            })
+            .collect()
+    }
+
+    fn refused(dir: &Path) -> String {
+        match Workspace::open(dir) {
+            Err(err @ OpenError::Foreign { .. }) => err.to_string(),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_state_directory_is_refused_untouched() {
+        let state = state_dir();
+        let dir = state.path();
+        for (path, bytes) in [
+            ("workspace/proj/f", &b"user data"[..]),
+            ("lock", b"my lock"),
+            ("private-x/g", b"mine"),
+            (".bashrc", b"alias"),
+        ] {
+            let path = dir.join(path);
+            fs::create_dir_all(path.parent().unwrap()).expect("mkdir");
+            fs::write(path, bytes).expect("write");
+        }
+        let before = snapshot(dir);
+        let message = refused(dir);
+        assert!(
+            message.contains("is not an icyci state directory (no .icyci-state; it holds .bashrc"),
+            "{message}"
+        );
+        assert_eq!(snapshot(dir), before);
+
+        // Only names an earlier version made, but a lock file it did not write.
+        fs::remove_file(dir.join(".bashrc")).expect("rm");
+        let before = snapshot(dir);
+        assert!(refused(dir).contains("its lock is not a lock file icyci wrote"));
+        assert_eq!(snapshot(dir), before);
+
+        // A workspace without the lock file an earlier version made first.
+        fs::remove_file(dir.join("lock")).expect("rm");
+        let before = snapshot(dir);
+        assert!(refused(dir).contains("without a lock file"));
+        assert_eq!(snapshot(dir), before);
+
+        // A spool of other things.
+        fs::remove_dir_all(dir.join("workspace")).expect("rm");
+        fs::remove_dir_all(dir.join("private-x")).expect("rm");
+        fs::create_dir_all(dir.join("spool/photos")).expect("mkdir");
+        assert!(refused(dir).contains("its spool holds photos"));
+
+        // A file, not a directory.
+        let file = dir.join("spool/photos/a");
+        fs::write(&file, b"x").expect("write");
+        assert!(refused(&file).contains("is not a directory"));
+    }
+
+    #[test]
+    fn empty_old_and_marked_state_directories_are_accepted_and_marked() {
+        let state = state_dir();
+        let dir = state.path();
+        drop(Workspace::open(dir).expect("an empty directory"));
+        assert_eq!(
+            fs::read_to_string(dir.join(STATE_MARKER)).expect("the marker"),
+            STATE_MARKER_TEXT
+        );
+        // Once marked, whatever is there.
+        fs::write(dir.join("notes.txt"), b"x").expect("write");
+        drop(Workspace::open(dir).expect("a marked directory"));
+
+        // The layout an earlier version left.
+        let old = state_dir();
+        let dir = old.path();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        for sub in [
+            format!("spool/{commit}/notes"),
+            "spool/.tmp-x".to_owned(),
+            "workspace/source".to_owned(),
+            "private-00112233aabbccdd".to_owned(),
+        ] {
+            fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        }
+        fs::write(dir.join(LOCK_FILE), b"").expect("write");
+        drop(Workspace::open(dir).expect("an old state directory"));
+        assert!(dir.join(STATE_MARKER).is_file());
+        assert!(dir.join("spool").join(commit).is_dir());
+
+        // The first versions made only the spool.
+        let spool_only = state_dir();
+        fs::create_dir(spool_only.path().join("spool")).expect("mkdir");
+        drop(Workspace::open(spool_only.path()).expect("a spool alone"));
+    }
+
+    #[test]
+    fn reclaiming_does_not_follow_links_out_of_the_state_directory() {
+        let state = state_dir();
+        let dir = state.path();
+        drop(Workspace::open(dir).expect("workspace"));
+        let outside = tempfile::tempdir().expect("tempdir");
+        let target = outside.path();
+        for path in [
+            "tree/f",
+            "tree/.git/icyci-clone",
+            "tree/.git/index",
+            "priv/p",
+        ] {
+            let path = target.join(path);
+            fs::create_dir_all(path.parent().unwrap()).expect("mkdir");
+            fs::write(path, b"x").expect("write");
+        }
+        let before = snapshot(target);
+        fs::create_dir(dir.join("workspace")).expect("mkdir");
+        std::os::unix::fs::symlink(target.join("tree"), dir.join("workspace/source"))
+            .expect("symlink");
+        std::os::unix::fs::symlink(target.join("priv"), dir.join("private-link")).expect("symlink");
+        let workspace = Workspace::open(dir).expect("workspace");
+        assert!(!workspace.has_leftover_clone());
+        assert!(fs::symlink_metadata(dir.join("private-link")).is_err());
+        assert!(fs::symlink_metadata(workspace.source_dir()).is_err());
+        drop(workspace);
+
+        // The whole workspace a link.
+        std::os::unix::fs::symlink(target, dir.join("workspace")).expect("symlink");
+        drop(Workspace::open(dir).expect("workspace"));
+        assert_eq!(snapshot(target), before);
     }
 
     fn collect(base: &Path, dir: &Path, out: &mut Vec<String>) {

@@ -24,10 +24,15 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// After a clean exit only the lock file and an empty spool are left in the state directory,
-/// and nothing at all in `TMPDIR`.
+/// After a clean exit only the marker, the lock file and an empty spool are left in the state
+/// directory, and nothing at all in `TMPDIR`.
 fn assert_nothing_leaked(fx: &Fixture, state: &Path) {
-    assert_eq!(names(state), ["lock", "spool"], "in {}", state.display());
+    assert_eq!(
+        names(state),
+        [".icyci-state", "lock", "spool"],
+        "in {}",
+        state.display()
+    );
     assert!(names(&state.join("spool")).is_empty(), "spool not empty");
     assert!(
         names(&fx.env.tmp()).is_empty(),
@@ -373,6 +378,143 @@ fn a_clone_whose_configuration_a_script_changed_is_cloned_afresh() {
         "{stderr}"
     );
     assert!(!witness.exists(), "the old clone was reused");
+    stop(&mut daemon);
+    assert_nothing_leaked(&fx, &state);
+}
+
+/// Every path under `dir`, with the bytes of files and the targets of links.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = fs::symlink_metadata(&path).expect("stat");
+            let what = if meta.is_dir() {
+                pending.push(path.clone());
+                "dir".to_owned()
+            } else if meta.is_symlink() {
+                format!("link {}", fs::read_link(&path).expect("readlink").display())
+            } else {
+                format!("{:?}", fs::read(&path).expect("read"))
+            };
+            found.push((path, what));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn a_directory_that_is_not_a_state_directory_is_refused_and_nothing_in_it_is_touched() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    fx.script_commit("echo ran\n");
+    // `-state-dir $HOME`: the user's files, a file of theirs named like the lock, a directory
+    // named like a private one, and a process at work in a directory named like the workspace.
+    let home = fx.env.home();
+    for (path, bytes) in [
+        ("workspace/proj/f", &b"the user's data\n"[..]),
+        ("lock", b"not a pid: the user's lock\n"),
+        ("private-x/notes", b"the user's notes\n"),
+    ] {
+        let path = home.join(path);
+        fs::create_dir_all(path.parent().unwrap()).expect("mkdir");
+        fs::write(path, bytes).expect("write");
+    }
+    let mut user_process = Command::new("sleep")
+        .arg("300")
+        .current_dir(home.join("workspace/proj"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start a process in the user's directory");
+    let before = snapshot(&home);
+
+    // Debug logging shows any git command the daemon would run.
+    let mut cmd = fx.env.icyci();
+    cmd.args(fx.args(&["-state-dir", &home.to_string_lossy()]))
+        .env("ICYCI_LOG", "debug");
+    let mut daemon = fx.env.spawn_logged(cmd, "icyci");
+    let status = daemon.expect_exit(LONG);
+    assert_eq!(status.code(), Some(2), "{}", daemon.logs_for_humans());
+    let stderr = daemon.stderr();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line, nothing else:\n{stderr}"
+    );
+    assert!(
+        stderr.starts_with(&format!("icyci: the state directory {} ", home.display()))
+            && stderr.contains("is not an icyci state directory (no .icyci-state")
+            && stderr.contains("give -state-dir an empty or new directory"),
+        "{stderr}"
+    );
+    assert!(daemon.stdout().is_empty(), "{}", daemon.stdout());
+
+    assert_eq!(snapshot(&home), before, "the daemon changed the directory");
+    assert!(
+        process_alive(user_process.id()),
+        "the user's process was killed"
+    );
+    assert!(
+        fx.env.git(&fx.results, ["for-each-ref"]).is_empty(),
+        "something was pushed"
+    );
+    user_process.kill().expect("stop the user's process");
+    user_process.wait().expect("reap it");
+}
+
+#[test]
+fn an_empty_existing_directory_is_taken_and_marked() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let commit = fx.script_commit("echo ran\n");
+    let state = fx.env.state_dir("empty");
+    fs::create_dir_all(&state).expect("mkdir");
+    let (status, daemon) = fx.once(&["-state-dir", &state.to_string_lossy()]);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    assert!(fx.note("result.passed", &commit).is_some());
+    let marker = fs::read_to_string(state.join(".icyci-state")).expect("the marker");
+    assert!(marker.starts_with("icyci state directory"), "{marker:?}");
+    assert_nothing_leaked(&fx, &state);
+}
+
+#[test]
+fn a_state_directory_of_an_earlier_version_without_the_marker_is_taken() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let state = fx.env.state_dir("old");
+    let state_arg = state.to_string_lossy().into_owned();
+    let first = fx.script_commit("echo first\n");
+    let (status, daemon) = fx.once(&["-state-dir", &state_arg]);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    // As the previous version left it after a SIGKILL: no marker, a private directory and a
+    // workspace.
+    fs::remove_file(state.join(".icyci-state")).expect("remove the marker");
+    for dir in ["private-0123456789abcdef", "workspace/notes"] {
+        fs::create_dir_all(state.join(dir)).expect("mkdir");
+    }
+    assert_eq!(
+        names(&state),
+        ["lock", "private-0123456789abcdef", "spool", "workspace"]
+    );
+
+    let second = fx.script_commit("echo second\n");
+    let mut daemon = fx.spawn(&["-state-dir", &state_arg]);
+    fx.wait_passed(&mut daemon, &second);
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("marking the state directory of an earlier version with .icyci-state")
+            && stderr.contains("reclaiming the workspace"),
+        "{stderr}"
+    );
+    assert!(fx.note("result.passed", &first).is_some());
     stop(&mut daemon);
     assert_nothing_leaked(&fx, &state);
 }
