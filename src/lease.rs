@@ -129,6 +129,10 @@ pub fn parse_lock_note(text: &str) -> LockNote {
 }
 
 fn parse_holder(text: &str) -> Option<Holder> {
+    // Shown on terminals and web pages: an escape sequence is no holder.
+    if text.chars().any(char::is_control) {
+        return None;
+    }
     let words: Vec<&str> = text.split_whitespace().collect();
     match words.as_slice() {
         [host, "pid", pid, "id", id] => Some(Holder {
@@ -238,6 +242,8 @@ mod tests {
         assert_eq!(note.lease_until, Some(1_767_322_745));
         let absurd = parse_lock_note("2024-01-01\nlease-until: -9223372036854775808\n");
         assert_eq!(absurd.lease_until, None);
+        let escape = parse_lock_note("2024-01-01\nholder: h\x1b[2J pid 1 id x\n");
+        assert_eq!(escape.holder, None);
     }
 
     #[test]

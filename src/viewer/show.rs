@@ -231,7 +231,7 @@ impl Report<'_> {
         out.extend_from_slice(format!("== {}: {} ==\n", ns.name, state.name()).as_bytes());
         for name in ["result.failed", "result.passed"] {
             if let Some(text) = note(name) {
-                push_text(out, text);
+                push_plain(out, text);
             }
         }
         if let Some(stale) = &state.stale {
@@ -249,7 +249,7 @@ impl Report<'_> {
         if note("result.failed").is_none() && note("result.passed").is_none() {
             if let Some(lock) = lock {
                 out.extend_from_slice(b"locked: ");
-                push_text(out, lock);
+                push_plain(out, lock);
             }
         }
         for (name, title) in [("output.stdout", "stdout"), ("output.stderr", "stderr")] {
@@ -335,6 +335,21 @@ impl Report<'_> {
         words.extend(["--note", "NAME", "--output", "FILE"].map(str::to_owned));
         words.join(" ")
     }
+}
+
+/// Appends a note icyci writes (a verdict, a lock) with control characters
+/// other than new lines and tabs shown as `?`: a hand-made note must not
+/// drive the terminal. Outputs keep theirs (colours), as `git log` shows.
+fn push_plain(out: &mut Vec<u8>, text: &[u8]) {
+    let plain: String = String::from_utf8_lossy(text)
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect();
+    push_text(out, plain.as_bytes());
 }
 
 /// Appends a note's bytes, ending in a new line.

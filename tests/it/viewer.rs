@@ -651,6 +651,38 @@ fn a_password_in_the_repo_url_is_not_shown() {
     assert!(!shown.contains("hunter2"), "{shown}");
 }
 
+/// A hand-made lock note with an escape sequence (in its text and its holder line) is shown
+/// with the control characters replaced: it cannot drive the reader's terminal.
+#[test]
+fn a_hand_made_lock_note_cannot_drive_the_terminal() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let r = Results::build();
+    let env = r.env();
+    let repo = r.repo();
+    env.git(
+        env.root(),
+        [
+            "-C",
+            &repo,
+            "notes",
+            "--ref=refs/notes/hand.locked",
+            "add",
+            "-m",
+            "2024-01-01 \x1b]0;owned\x07\nholder: h\x1b[2J pid 1 id x\nlease-until: 1 (then)",
+            &r.third,
+        ],
+    );
+    let out = r.icyci(&["show", &r.third, "--ns", "hand"]);
+    let shown = success(&out);
+    assert!(shown.contains("locked: 2024-01-01 ?]0;owned?"), "{shown}");
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07'),
+        "{shown:?}"
+    );
+}
+
 /// A clone whose notes were never fetched (or any repository with no results notes): `status`
 /// cannot answer (2, one line saying where to read instead), so a script waiting for 0 or 1
 /// does not wait forever; `results` and `show` still answer, with one warning line naming the
