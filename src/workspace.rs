@@ -24,9 +24,10 @@
 //!
 //! Reclaiming kills and deletes, so it only ever happens in a directory
 //! icyci can tell is its own: one it created, found empty, or found marked
-//! (`.icyci-state`). A directory without the marker whose entries are all
-//! ones an earlier version made is marked and taken; anything else is
-//! refused before the lock file is made (see [`OpenError::Foreign`]).
+//! (`.icyci-state`). A directory without the marker that holds only a
+//! spool (the version before the marker kept nothing else here) is marked
+//! and taken; anything else is refused before the lock file is made (see
+//! [`OpenError::Foreign`]).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -310,26 +311,35 @@ impl From<io::Error> for ClaimError {
 }
 
 /// Accepts `dir` as a state directory when it carries the marker, is
-/// empty, or holds only what an earlier version made (then it is marked);
-/// refuses anything else without touching it.
+/// empty, or holds only what the version before the marker made there (a
+/// `spool/` of commit entries; it kept its workspace elsewhere): then it is
+/// marked. Refuses anything else without touching it.
 fn claim_state_dir(dir: &Path) -> Result<(), ClaimError> {
     if !fs::metadata(dir)?.is_dir() {
         return Err(ClaimError::Foreign("is not a directory".to_owned()));
-    }
-    if fs::symlink_metadata(dir.join(STATE_MARKER)).is_ok_and(|meta| meta.is_file()) {
-        return Ok(());
     }
     let mut names = Vec::new();
     for entry in fs::read_dir(dir)? {
         names.push(entry?.file_name());
     }
     names.sort();
+    // Listed after the directory was read: an instance starting beside
+    // this one may have marked it meanwhile.
+    if names.iter().any(|name| name == STATE_MARKER) {
+        return match fs::symlink_metadata(dir.join(STATE_MARKER)) {
+            Ok(meta) if meta.is_file() => Ok(()),
+            Ok(_) => Err(ClaimError::Foreign(format!(
+                "has a {STATE_MARKER} that is not a regular file"
+            ))),
+            Err(err) => Err(err.into()),
+        };
+    }
+    if let Some(why) = unlike_an_old_state_dir(dir, &names)? {
+        return Err(ClaimError::Foreign(format!(
+            "is not empty and is not an icyci state directory (no {STATE_MARKER}; {why})"
+        )));
+    }
     if !names.is_empty() {
-        if let Some(why) = unlike_an_old_state_dir(dir, &names)? {
-            return Err(ClaimError::Foreign(format!(
-                "is not empty and is not an icyci state directory (no {STATE_MARKER}; {why})"
-            )));
-        }
         tracing::info!(
             state_dir = %dir.display(),
             "marking the state directory of an earlier version with {STATE_MARKER}"
@@ -339,54 +349,26 @@ fn claim_state_dir(dir: &Path) -> Result<(), ClaimError> {
     Ok(())
 }
 
-/// Why the entries `names` of `dir` are not the layout an earlier version
-/// left (`lock`, `spool/`, `workspace/`, `private-*/`), if they are not.
+/// Why the entries `names` of `dir` are not what the version before the
+/// marker left there (nothing, or a `spool/` of commit entries), if not.
+/// Its lock file and workspace never lived here: a `lock` or `workspace/`
+/// without the marker is somebody else's.
 fn unlike_an_old_state_dir(dir: &Path, names: &[std::ffi::OsString]) -> io::Result<Option<String>> {
-    let mut has_lock = false;
     for name in names {
         let shown = name.to_string_lossy();
-        let path = dir.join(name);
-        let meta = fs::symlink_metadata(&path)?;
-        let why = if name == LOCK_FILE {
-            has_lock = true;
-            (!meta.is_file() || meta.len() > 32 || !holds_a_pid(&path)?)
-                .then(|| format!("its {LOCK_FILE} is not a lock file icyci wrote"))
-        } else if name == SPOOL_DIR || name == WORKSPACE_DIR || shown.starts_with(PRIVATE_PREFIX) {
-            if !meta.is_dir() {
-                Some(format!("its {shown} is not a directory"))
-            } else if name == SPOOL_DIR {
-                foreign_spool_entry(&path)?.map(|entry| {
-                    format!("its {SPOOL_DIR} holds {entry}, which icyci does not make")
-                })
-            } else {
-                None
-            }
-        } else {
-            Some(format!("it holds {shown}, which icyci does not make"))
-        };
-        if why.is_some() {
-            return Ok(why);
+        if name != SPOOL_DIR {
+            return Ok(Some(format!("it holds {shown}, which icyci does not make")));
         }
-    }
-    // An earlier version made the lock file before any workspace.
-    if !has_lock {
-        if let Some(name) = names.iter().find(|name| *name != SPOOL_DIR) {
+        if !fs::symlink_metadata(dir.join(name))?.is_dir() {
+            return Ok(Some(format!("its {shown} is not a directory")));
+        }
+        if let Some(entry) = foreign_spool_entry(&dir.join(name))? {
             return Ok(Some(format!(
-                "it holds {} without a {LOCK_FILE} file",
-                name.to_string_lossy()
+                "its {SPOOL_DIR} holds {entry}, which icyci does not make"
             )));
         }
     }
     Ok(None)
-}
-
-/// Empty, or a pid on a line: what [`take_lock`] writes.
-fn holds_a_pid(path: &Path) -> io::Result<bool> {
-    let text = fs::read(path)?;
-    Ok(match text.strip_suffix(b"\n") {
-        None => text.is_empty(),
-        Some(pid) => !pid.is_empty() && pid.iter().all(u8::is_ascii_digit),
-    })
 }
 
 /// The first entry of a spool directory that is neither a commit id nor a
@@ -817,8 +799,8 @@ mod tests {
             fs::write(path, b"x").expect("write");
         }
         fs::write(git_dir.join(CLONE_MARKER), b"job x\nconfig y\n").expect("write");
-        // Left by a version that wrote no marker.
         fs::write(dir.join(LOCK_FILE), b"4242\n").expect("write");
+        write_state_marker(dir).expect("the marker of the killed instance");
 
         let workspace = Workspace::open(dir).expect("workspace");
         assert!(workspace.has_leftover_clone());
@@ -897,17 +879,23 @@ mod tests {
         );
         assert_eq!(snapshot(dir), before);
 
-        // Only names an earlier version made, but a lock file it did not write.
+        // Names icyci uses, but no marker: a lock file, a workspace and a
+        // private directory that are somebody else's (icyci never kept them
+        // in an unmarked directory), even with a pid in the lock file.
         fs::remove_file(dir.join(".bashrc")).expect("rm");
+        fs::write(dir.join("lock"), b"4242\n").expect("write");
         let before = snapshot(dir);
-        assert!(refused(dir).contains("its lock is not a lock file icyci wrote"));
+        assert!(refused(dir).contains("it holds lock, which icyci does not make"));
         assert_eq!(snapshot(dir), before);
-
-        // A workspace without the lock file an earlier version made first.
         fs::remove_file(dir.join("lock")).expect("rm");
         let before = snapshot(dir);
-        assert!(refused(dir).contains("without a lock file"));
+        assert!(refused(dir).contains("it holds private-x"));
         assert_eq!(snapshot(dir), before);
+
+        // A marker that is not a file.
+        fs::create_dir(dir.join(STATE_MARKER)).expect("mkdir");
+        assert!(refused(dir).contains("has a .icyci-state that is not a regular file"));
+        fs::remove_dir(dir.join(STATE_MARKER)).expect("rm");
 
         // A spool of other things.
         fs::remove_dir_all(dir.join("workspace")).expect("rm");
@@ -934,27 +922,16 @@ mod tests {
         fs::write(dir.join("notes.txt"), b"x").expect("write");
         drop(Workspace::open(dir).expect("a marked directory"));
 
-        // The layout an earlier version left.
+        // What the version before the marker left: a spool, nothing else.
         let old = state_dir();
         let dir = old.path();
         let commit = "0123456789abcdef0123456789abcdef01234567";
-        for sub in [
-            format!("spool/{commit}/notes"),
-            "spool/.tmp-x".to_owned(),
-            "workspace/source".to_owned(),
-            "private-00112233aabbccdd".to_owned(),
-        ] {
+        for sub in [format!("spool/{commit}/notes"), "spool/.tmp-x".to_owned()] {
             fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
-        fs::write(dir.join(LOCK_FILE), b"").expect("write");
         drop(Workspace::open(dir).expect("an old state directory"));
         assert!(dir.join(STATE_MARKER).is_file());
         assert!(dir.join("spool").join(commit).is_dir());
-
-        // The first versions made only the spool.
-        let spool_only = state_dir();
-        fs::create_dir(spool_only.path().join("spool")).expect("mkdir");
-        drop(Workspace::open(spool_only.path()).expect("a spool alone"));
     }
 
     #[test]

@@ -483,6 +483,8 @@ fn an_empty_existing_directory_is_taken_and_marked() {
     assert_nothing_leaked(&fx, &state);
 }
 
+/// The version before the marker kept only its spool in the state directory (its workspace
+/// lived in $TMPDIR): such a directory is marked and taken.
 #[test]
 fn a_state_directory_of_an_earlier_version_without_the_marker_is_taken() {
     if !require_tool("gpg") {
@@ -494,24 +496,18 @@ fn a_state_directory_of_an_earlier_version_without_the_marker_is_taken() {
     let first = fx.script_commit("echo first\n");
     let (status, daemon) = fx.once(&["-state-dir", &state_arg]);
     assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
-    // As the previous version left it after a SIGKILL: no marker, a private directory and a
-    // workspace.
-    fs::remove_file(state.join(".icyci-state")).expect("remove the marker");
-    for dir in ["private-0123456789abcdef", "workspace/notes"] {
-        fs::create_dir_all(state.join(dir)).expect("mkdir");
+    // As the previous version left it: only the spool.
+    for name in [".icyci-state", "lock"] {
+        fs::remove_file(state.join(name)).expect("remove");
     }
-    assert_eq!(
-        names(&state),
-        ["lock", "private-0123456789abcdef", "spool", "workspace"]
-    );
+    assert_eq!(names(&state), ["spool"]);
 
     let second = fx.script_commit("echo second\n");
     let mut daemon = fx.spawn(&["-state-dir", &state_arg]);
     fx.wait_passed(&mut daemon, &second);
     let stderr = daemon.stderr();
     assert!(
-        stderr.contains("marking the state directory of an earlier version with .icyci-state")
-            && stderr.contains("reclaiming the workspace"),
+        stderr.contains("marking the state directory of an earlier version with .icyci-state"),
         "{stderr}"
     );
     assert!(fx.note("result.passed", &first).is_some());
