@@ -28,7 +28,7 @@ pub enum ConfigError {
     #[error("invalid notes namespace {0:?}: refs/notes/{0}.locked is not a valid ref name")]
     NotesNamespace(String),
     /// A note ref of the namespace would not fit in a file name.
-    #[error("invalid notes namespace {0:?}: too long for git's ref files (at most {max} bytes in its last '/' part)", max = MAX_NAMESPACE_COMPONENT)]
+    #[error("invalid notes namespace {0:?}: too long for git's ref files (at most {max} bytes between '/', {MAX_NAMESPACE_LENGTH} in all)", max = MAX_NAMESPACE_COMPONENT)]
     NotesNamespaceTooLong(String),
     /// A repository URL is empty or looks like an option.
     #[error("invalid repository {0:?}: {1}")]
@@ -58,6 +58,10 @@ const MAX_REF_FILE_NAME: usize = 255;
 /// icyci's longest note ref while it is locked, must fit in a file name.
 const MAX_NAMESPACE_COMPONENT: usize =
     MAX_REF_FILE_NAME - ".full-output.stdout".len() - ".lock".len();
+
+/// The longest namespace: its refs' paths, under a repository's own path,
+/// stay far from `PATH_MAX` (4096).
+const MAX_NAMESPACE_LENGTH: usize = 1024;
 
 /// A branch name that git accepts and that cannot be mistaken for an option.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,8 +109,12 @@ impl NotesNamespace {
         if !valid {
             return Err(ConfigError::NotesNamespace(namespace.to_owned()));
         }
-        let last = namespace.rsplit('/').next().unwrap_or(namespace);
-        if last.len() > MAX_NAMESPACE_COMPONENT {
+        // Every part is a directory or file name; the whole ref a path.
+        let too_long = namespace
+            .split('/')
+            .any(|part| part.len() > MAX_NAMESPACE_COMPONENT)
+            || namespace.len() > MAX_NAMESPACE_LENGTH;
+        if too_long {
             return Err(ConfigError::NotesNamespaceTooLong(namespace.to_owned()));
         }
         Ok(NotesNamespace(namespace.to_owned()))
@@ -612,6 +620,9 @@ mod tests {
         let too_long = NotesNamespace::new(&"a".repeat(232)).expect_err("too long");
         assert!(too_long.to_string().contains("too long"), "{too_long}");
         assert!(NotesNamespace::new(&format!("team/{}", "a".repeat(231))).is_ok());
+        assert!(NotesNamespace::new(&format!("{}/x", "a".repeat(256))).is_err());
+        let deep = vec!["a".repeat(200); 6].join("/");
+        assert!(NotesNamespace::new(&deep).is_err());
         let ns = NotesNamespace::new("icyci").expect("valid");
         assert_eq!(
             ns.note_ref("result.passed"),

@@ -30,7 +30,7 @@ use crate::git::{parse_fetch_head, Git, GitError};
 use crate::notes::{
     remote_ref_value, LockOutcome, NotesError, NotesStore, RenewOutcome, RESULTS_REMOTE,
 };
-use crate::notes_dir::{collect_extra_notes, FULL_OUTPUT_NOTES};
+use crate::notes_dir::{collect_extra_notes, refuse_note_name, FULL_OUTPUT_NOTES};
 use crate::publish::{publish, BranchUpdate, Publication, StagedNote};
 use crate::retry::Backoff;
 use crate::runner::{self, ScriptOutcome, ScriptRun, ScriptSpec};
@@ -1027,20 +1027,55 @@ impl Job {
                 false
             }
         };
-        let publication = Publication::stage(
-            &self.store,
-            claim.tip,
-            notes,
-            claim.branch,
-            self.config.push_source_to_results && !self.same_repository,
-            passed,
-        )
-        .await?;
+        let publication = self
+            .stage_publication(claim.tip, notes, claim.branch, push_tag, passed)
+            .await?;
         let commit = publication.tip.commit.clone();
         self.pending = Some(publication);
         self.held = None;
         self.run_attempts = 0;
         Ok(Step::Push { commit })
+    }
+
+    /// Stages `notes` on `tip` ([`Publication::stage`]). When git cannot
+    /// write them and some are the script's extra notes (a name that
+    /// clashes with the refs of another namespace, say), the run's own
+    /// notes are staged without them: an extra note never costs the commit
+    /// its outputs and verdict.
+    async fn stage_publication(
+        &self,
+        tip: VerifiedTip,
+        notes: Vec<StagedNote>,
+        branch: Option<BranchUpdate>,
+        push_tag: bool,
+        passed: bool,
+    ) -> Result<Publication, GitError> {
+        let ns = &self.config.notes_ns;
+        let is_extra = |note: &StagedNote| refuse_note_name(ns, &note.name).is_none();
+        if !notes.iter().any(is_extra) {
+            return Publication::stage(&self.store, tip, notes, branch, push_tag, passed).await;
+        }
+        let staged = Publication::stage(
+            &self.store,
+            tip.clone(),
+            notes.clone(),
+            branch.clone(),
+            push_tag,
+            passed,
+        )
+        .await;
+        match staged {
+            Err(err) => {
+                warn!(
+                    commit = %tip.commit,
+                    "extra notes not published, git could not write them ({err}); publishing \
+                     the run's own notes"
+                );
+                let own = notes.into_iter().filter(|note| !is_extra(note)).collect();
+                Publication::stage(&self.store, tip, own, branch, push_tag, passed).await
+            }
+            staged => staged,
+        }
     }
 
     async fn push(&mut self) -> Result<Step, StepError> {
@@ -1302,15 +1337,8 @@ impl Job {
             };
             let push_tag = tip.tag.is_some();
             let publication = if have_commit {
-                Publication::stage(
-                    &self.store,
-                    tip,
-                    entry.notes,
-                    entry.branch,
-                    push_tag,
-                    entry.passed,
-                )
-                .await?
+                self.stage_publication(tip, entry.notes, entry.branch, push_tag, entry.passed)
+                    .await?
             } else {
                 Publication::stage_without_commit(&self.store, tip, entry.notes, entry.passed)
                     .await?

@@ -362,6 +362,16 @@ const VERDICTS_IN_ERRORS: [&str; 3] = [
     "error: gpg.ssh.allowedSignersFile needs to be configured",
 ];
 
+/// Words of git or a shell, on any line, saying the verifier died or could
+/// not be run (no `error:` prefix when a wrapper script's `exec` fails).
+const NOT_RUN_SIGNS: [&str; 5] = [
+    "died of signal",
+    "error while loading shared libraries",
+    ": not found",
+    "cannot execute",
+    "cannot exec ",
+];
+
 /// Tells a verdict on the signature from a check that could not run. With
 /// `--raw` git passes on only gpg's status lines or ssh-keygen's output, so
 /// its own `error:` or `fatal:` line without any of those means the check
@@ -381,6 +391,14 @@ fn classify(stderr: &str, status: ExitStatus) -> Answer {
         .collect();
     if lines.is_empty() {
         return Answer::Silent;
+    }
+    // A verifier that died (after its first status lines, say) or could not
+    // be run at all gave no verdict, whatever it printed before.
+    if let Some(line) = lines
+        .iter()
+        .find(|line| NOT_RUN_SIGNS.iter().any(|sign| line.contains(sign)))
+    {
+        return Answer::Fault((*line).to_owned());
     }
     if lines.iter().any(|line| line.starts_with("[GNUPG:] "))
         || parse_verification(stderr).is_some()
@@ -646,6 +664,20 @@ mod tests {
             (
                 "error: /usr/bin/gpg died of signal 9",
                 "error: /usr/bin/gpg died of signal 9",
+            ),
+            // gpg that crashed after its first status line
+            (
+                "[GNUPG:] NEWSIG\nerror: /x/gpg-crash died of signal 11",
+                "error: /x/gpg-crash died of signal 11",
+            ),
+            // a wrapper whose exec fails, a program missing its libraries
+            (
+                "/x/sshkg-wrap: 2: exec: /usr/lib/missing/ssh-keygen: not found",
+                "/x/sshkg-wrap: 2: exec: /usr/lib/missing/ssh-keygen: not found",
+            ),
+            (
+                "ssh-keygen: error while loading shared libraries: libcrypto.so.3: cannot open",
+                "ssh-keygen: error while loading shared libraries: libcrypto.so.3: cannot open",
             ),
         ] {
             assert_eq!(

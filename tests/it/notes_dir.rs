@@ -343,6 +343,41 @@ fn a_name_too_long_for_a_ref_file_is_skipped() {
     s.assert_passed(&second);
 }
 
+/// An extra note whose ref git cannot write because another namespace's refs are nested under
+/// that name (`refs/notes/icyci.arm/x.locked` of a namespace `icyci.arm/x` blocks
+/// `refs/notes/icyci.arm`): the run's own notes are published without it, with a warning.
+#[test]
+fn an_extra_note_git_cannot_write_does_not_cost_the_verdict() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let s = Setup::with_script(
+        "echo x > \"$ICYCI_NOTES_DIR/arm\"\necho fine > \"$ICYCI_NOTES_DIR/fine\"\n",
+    );
+    let results = &s.results;
+    let tree = s.env.git(results, ["mktree"]);
+    let other = s
+        .env
+        .git(results, ["commit-tree", &tree, "-m", "another namespace"]);
+    s.env.git(
+        results,
+        ["update-ref", "refs/notes/icyci.arm/x.locked", &other],
+    );
+    let commit = signed_commit(&s);
+
+    let (code, stderr) = s.once(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        log_has_line(
+            &stderr,
+            &["extra notes not published", &commit_field(&commit)]
+        ),
+        "{stderr}"
+    );
+    s.assert_passed(&commit);
+    assert!(s.note("output.stdout", &commit).is_some());
+}
+
 fn signed_commit(s: &Setup) -> String {
     let fpr = s.env.gpg_key();
     let commit = s.env.commit(&s.work, "signed", Sign::Gpg(fpr));
