@@ -54,7 +54,7 @@ pub struct RepoArgs {
     /// Results repository: a local path or any URL git accepts (a URL is
     /// fetched into a cache). Default: the repository in the current
     /// directory.
-    #[arg(long, value_name = "PATH_OR_URL")]
+    #[arg(long, value_name = "PATH_OR_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub repo: Option<String>,
     /// Read the notes of this remote of the local repository (fetched into
     /// a private ref namespace; your own refs/notes are left alone).

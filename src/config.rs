@@ -436,7 +436,10 @@ pub struct JobConfig {
 /// The default state directory of a job: `$XDG_STATE_HOME/icyci/<job>`, or
 /// `~/.local/state/icyci/<job>`; `None` when neither variable is set.
 pub fn default_state_dir(config: &JobConfig) -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+    // The XDG spec: a relative path in the variable is to be ignored.
+    let base = match std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty() && Path::new(v).is_absolute())
+    {
         Some(state) => PathBuf::from(state),
         None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?)
             .join(".local")

@@ -596,6 +596,8 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
     assert_error(&out, "results", 2, "'many'");
     let out = icyci(env, env.root(), &["retest", "--bogus"]);
     assert_error(&out, "retest", 2, "--bogus");
+    let out = icyci(env, env.root(), &["results", "--repo", ""]);
+    assert_error(&out, "results", 2, "a value is required for '--repo");
     let out = r.icyci(&["results", "--branch", "nosuch"]);
     assert_error(&out, "results", 2, "no branch \"nosuch\"");
     let out = icyci(env, &r.fx.results, &["results", "--remote", "nosuch"]);

@@ -483,6 +483,33 @@ fn an_empty_existing_directory_is_taken_and_marked() {
     assert_nothing_leaked(&fx, &state);
 }
 
+/// A relative `$XDG_STATE_HOME` is ignored, as the XDG specification says: the state directory
+/// goes under `$HOME/.local/state`, not under whatever directory icyci was started in.
+#[test]
+fn a_relative_xdg_state_home_is_ignored() {
+    if !require_tool("gpg") {
+        return;
+    }
+    let fx = Fixture::new();
+    let commit = fx.script_commit("echo ran\n");
+    fx.env.set_var("XDG_STATE_HOME", "relative-state");
+    let mut cmd = fx.env.icyci();
+    cmd.args(fx.base_args())
+        .arg("-once")
+        .current_dir(fx.env.root());
+    let mut daemon = fx.env.spawn_logged(cmd, "icyci");
+    let status = daemon.expect_exit(LONG);
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs_for_humans());
+    assert!(fx.note("result.passed", &commit).is_some());
+    assert!(!fx.env.root().join("relative-state").exists());
+    let dirs = fx.env.state_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert!(
+        dirs[0].starts_with(fx.env.path("home/.local/state/icyci")),
+        "{dirs:?}"
+    );
+}
+
 /// The version before the marker kept only its spool in the state directory (its workspace
 /// lived in $TMPDIR): such a directory is marked and taken.
 #[test]
