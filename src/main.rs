@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             if let Err(reason) = check_absolute_script(&config)
                 .and_then(|()| check_source_reference(&config))
                 .and_then(|()| check_site_dir(&config))
+                .and_then(|()| check_state_dir(&config))
             {
                 eprintln!("icyci: {reason}");
                 eprint!("{}", usage());
@@ -108,6 +109,18 @@ fn check_source_reference(config: &JobConfig) -> Result<(), String> {
             "-source-reference {reference}: not a directory (a local git repository is needed)"
         )),
         Err(err) => Err(format!("-source-reference {reference}: {err}")),
+    }
+}
+
+/// A `-state-dir` that exists and is not a directory is a configuration
+/// error; one that cannot be created is reported when it is made (exit 1:
+/// a file system not mounted yet may be transient).
+fn check_state_dir(config: &JobConfig) -> Result<(), String> {
+    match &config.state_dir {
+        Some(dir) if std::fs::metadata(dir).is_ok_and(|meta| !meta.is_dir()) => {
+            Err(format!("-state-dir {}: not a directory", dir.display()))
+        }
+        _ => Ok(()),
     }
 }
 

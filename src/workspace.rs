@@ -356,6 +356,11 @@ fn claim_state_dir(dir: &Path) -> Result<(), ClaimError> {
 fn unlike_an_old_state_dir(dir: &Path, names: &[std::ffi::OsString]) -> io::Result<Option<String>> {
     for name in names {
         let shown = name.to_string_lossy();
+        if name == LOCK_FILE || name == WORKSPACE_DIR || shown.starts_with(PRIVATE_PREFIX) {
+            return Ok(Some(format!(
+                "it holds {shown}, which icyci makes only beside its marker"
+            )));
+        }
         if name != SPOOL_DIR {
             return Ok(Some(format!("it holds {shown}, which icyci does not make")));
         }
@@ -885,7 +890,7 @@ mod tests {
         fs::remove_file(dir.join(".bashrc")).expect("rm");
         fs::write(dir.join("lock"), b"4242\n").expect("write");
         let before = snapshot(dir);
-        assert!(refused(dir).contains("it holds lock, which icyci does not make"));
+        assert!(refused(dir).contains("it holds lock, which icyci makes only beside its marker"));
         assert_eq!(snapshot(dir), before);
         fs::remove_file(dir.join("lock")).expect("rm");
         let before = snapshot(dir);

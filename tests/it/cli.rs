@@ -508,6 +508,10 @@ fn empty_values_are_refused() {
             &["-trusted-signers", "/dev/zero"],
             "/dev/zero: not a regular file",
         ),
+        (
+            &["-state-dir", "/dev/null"],
+            "-state-dir /dev/null: not a directory",
+        ),
     ] {
         let mut all = vec!["-once"];
         all.extend_from_slice(args);
