@@ -54,8 +54,7 @@ pub fn refuse_note_name(namespace: &NotesNamespace, name: &str) -> Option<&'stat
     if name == "lock" {
         return Some("the name 'lock' is reserved");
     }
-    if name == "locked"
-        || name == "verified"
+    if OWN_NOTE_NAMES.contains(&name)
         || name.starts_with("output.")
         || name.starts_with("result.")
         || name.starts_with("full-output.")

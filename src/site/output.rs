@@ -24,12 +24,14 @@ impl SiteDir {
     }
 
     /// Checks, touching nothing, that [`SiteDir::prepare`] would take the
-    /// directory: absent, empty, or holding a site.
+    /// directory: absent, empty, or holding a site (its manifest). One that
+    /// holds other files is refused: the site would overwrite `index.html`
+    /// there.
     pub fn check(&self) -> Result<(), SiteError> {
         let root = &self.root;
         match fs::metadata(root) {
             Ok(meta) if !meta.is_dir() => Err(SiteError::NotADirectory(display(root))),
-            Ok(_) if root.join(MANIFEST_FILE).is_file() => Ok(()),
+            Ok(_) if root.join(MANIFEST_FILE).exists() => Ok(()),
             Ok(_) => match fs::read_dir(root).map_err(|e| io_error(root, e))?.next() {
                 Some(_) => Err(SiteError::NotASite(display(root))),
                 None => Ok(()),
@@ -39,33 +41,17 @@ impl SiteDir {
         }
     }
 
-    /// Creates the directory if needed and reads the manifest of the last
-    /// run. A directory that holds other files but no manifest is refused:
-    /// the site would overwrite `index.html` there.
+    /// Checks the directory ([`SiteDir::check`]), creates it if needed and
+    /// reads the manifest of the last run.
     pub fn prepare(&self) -> Result<Manifest, SiteError> {
+        self.check()?;
         let root = &self.root;
-        match fs::metadata(root) {
-            Ok(meta) if !meta.is_dir() => Err(SiteError::NotADirectory(display(root))),
-            Ok(_) => {
-                let manifest = root.join(MANIFEST_FILE);
-                match fs::read_to_string(&manifest) {
-                    Ok(text) => Ok(Manifest::parse(&text)),
-                    Err(err) if err.kind() == ErrorKind::NotFound => {
-                        let mut entries = fs::read_dir(root).map_err(|e| io_error(root, e))?;
-                        if entries.next().is_some() {
-                            Err(SiteError::NotASite(display(root)))
-                        } else {
-                            Ok(Manifest::default())
-                        }
-                    }
-                    Err(err) => Err(io_error(&manifest, err)),
-                }
-            }
-            Err(err) if err.kind() == ErrorKind::NotFound => {
-                fs::create_dir_all(root).map_err(|e| io_error(root, e))?;
-                Ok(Manifest::default())
-            }
-            Err(err) => Err(io_error(root, err)),
+        fs::create_dir_all(root).map_err(|e| io_error(root, e))?;
+        let manifest = root.join(MANIFEST_FILE);
+        match fs::read_to_string(&manifest) {
+            Ok(text) => Ok(Manifest::parse(&text)),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(Manifest::default()),
+            Err(err) => Err(io_error(&manifest, err)),
         }
     }
 
